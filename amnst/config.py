@@ -1,0 +1,223 @@
+"""Validated configuration: audio parameters, NST parameters and presets.
+
+Every stage takes its parameters from these frozen dataclasses, so a run's
+effective configuration is one value that can be hashed (resume fingerprints)
+and written to metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Layer indices of the seed CNN (positions in ``model.layers``), see model.py.
+NUM_LAYERS = 23
+# Layers whose output is a 4-D feature map (B, H, W, C) usable for a Gram matrix.
+FEATURE_MAP_LAYERS = tuple(range(0, 20))
+
+
+class ConfigError(ValueError):
+    """An invalid parameter value; the message names the parameter."""
+
+
+def _check_layers(name: str, layers: tuple[int, ...]) -> None:
+    for index in layers:
+        _require(index in FEATURE_MAP_LAYERS, name, layers,
+                 f"holds {index}; layer indices must be feature-map layers "
+                 f"{FEATURE_MAP_LAYERS[0]}..{FEATURE_MAP_LAYERS[-1]}")
+    _require(len(set(layers)) == len(layers), name, layers, "has duplicates")
+
+
+def _require(ok: Any, name: str, value: Any, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} {reason}")
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Signal parameters shared by analysis, segmentation and inversion.
+
+    ``segment_frames`` frames of ``hop_length`` samples make one CNN input
+    (431 frames = 5.0039 s at 22050 Hz). ``overlap_frames`` consecutive
+    segments share, and stitching crossfades over them.
+    """
+
+    sample_rate: int = 22050
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 384
+    fmin: float = 0.0
+    fmax: float | None = None
+    segment_frames: int = 431
+    overlap_frames: int = 0
+    # Exponent of the STFT magnitude the mel is built from: 2 is the power mel
+    # of the original NST code, 1 the magnitude mel its classifier was trained on.
+    mel_power: float = 2.0
+
+    def __post_init__(self) -> None:
+        _require(self.sample_rate > 0, "sample_rate", self.sample_rate, "must be positive")
+        _require(self.n_fft > 0, "n_fft", self.n_fft, "must be positive")
+        _require(0 < self.hop_length <= self.n_fft, "hop_length", self.hop_length,
+                 "must be in (0, n_fft]")
+        _require(self.n_mels > 0, "n_mels", self.n_mels, "must be positive")
+        nyquist = self.sample_rate / 2
+        _require(0 <= self.fmin < nyquist, "fmin", self.fmin, "must be in [0, sample_rate/2)")
+        _require(self.fmax is None or self.fmin < self.fmax <= nyquist, "fmax", self.fmax,
+                 "must be in (fmin, sample_rate/2]")
+        _require(self.segment_frames > 1, "segment_frames", self.segment_frames, "must be > 1")
+        _require(0 <= self.overlap_frames <= self.segment_frames // 2, "overlap_frames",
+                 self.overlap_frames, "must be in [0, segment_frames/2]")
+        _require(self.mel_power in (1.0, 2.0), "mel_power", self.mel_power, "must be 1 or 2")
+
+    @property
+    def segment_seconds(self) -> float:
+        return self.segment_frames * self.hop_length / self.sample_rate
+
+
+INITS = ("content", "style", "zero", "random")
+OPTIMIZERS = ("sgd", "adam")
+PARAMETERIZATIONS = ("linear", "log")
+GRAM_NORMS = ("none", "positions")
+INVERSIONS = ("librosa", "fast")
+
+
+@dataclass(frozen=True)
+class NSTConfig:
+    """Parameters of the style-transfer optimisation.
+
+    ``gram_norm="none"`` is the original's pooled, un-normalised Gram over the
+    whole batch, which couples a pair's segments: they must be optimised as one
+    batch. ``"positions"`` divides each segment's Gram by its number of
+    positions, which makes every segment's loss independent of the others.
+    """
+
+    content_layers: tuple[int, ...] = (0, 2)
+    style_layers: tuple[int, ...] = (4, 8, 12, 16)
+    content_weight: float = 50.0
+    style_weight: float = 10.0
+    iterations: int = 100
+    learning_rate: float = 1e-3
+    decay_steps: int = 10
+    decay_rate: float = 1.0
+    optimizer: str = "sgd"
+    init: str = "content"
+    parameterization: str = "linear"
+    gram_norm: str = "none"
+    # Divide each layer's content loss by the content features' mean square
+    # and each style loss by the style Gram's, so that weights are relative
+    # errors, comparable across layers, representations and networks.
+    relative_loss: bool = False
+    seed: int = 0
+    # NaN/inf guard: roll back this many steps and halve the learning rate,
+    # giving up on a segment after max_retries rollbacks in a row.
+    rollback_steps: int = 2
+    max_retries: int = 20
+    inversion: str = "librosa"
+    griffin_lim_iters: int = 32
+    segments_per_batch: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "content_layers", tuple(int(i) for i in self.content_layers))
+        object.__setattr__(self, "style_layers", tuple(int(i) for i in self.style_layers))
+        _check_layers("content_layers", self.content_layers)
+        _check_layers("style_layers", self.style_layers)
+        _require(self.content_layers or self.style_layers, "content_layers", self.content_layers,
+                 "and style_layers cannot both be empty")
+        _require(self.content_weight >= 0, "content_weight", self.content_weight, "must be >= 0")
+        _require(self.style_weight >= 0, "style_weight", self.style_weight, "must be >= 0")
+        _require(self.iterations >= 0, "iterations", self.iterations, "must be >= 0")
+        _require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        _require(self.decay_steps > 0, "decay_steps", self.decay_steps, "must be > 0")
+        _require(0 < self.decay_rate <= 1, "decay_rate", self.decay_rate, "must be in (0, 1]")
+        _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"must be one of {OPTIMIZERS}")
+        _require(self.init in INITS, "init", self.init, f"must be one of {INITS}")
+        _require(self.parameterization in PARAMETERIZATIONS, "parameterization",
+                 self.parameterization, f"must be one of {PARAMETERIZATIONS}")
+        _require(self.gram_norm in GRAM_NORMS, "gram_norm", self.gram_norm, f"must be one of {GRAM_NORMS}")
+        _require(self.rollback_steps >= 1, "rollback_steps", self.rollback_steps, "must be >= 1")
+        _require(self.max_retries >= 0, "max_retries", self.max_retries, "must be >= 0")
+        _require(self.inversion in INVERSIONS, "inversion", self.inversion, f"must be one of {INVERSIONS}")
+        _require(self.griffin_lim_iters >= 0, "griffin_lim_iters", self.griffin_lim_iters, "must be >= 0")
+        _require(self.segments_per_batch >= 1, "segments_per_batch", self.segments_per_batch, "must be >= 1")
+
+    @property
+    def couples_segments(self) -> bool:
+        """True when a pair's segments must be optimised together (pooled Grams)."""
+        return self.gram_norm == "none"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    nst: NSTConfig = field(default_factory=NSTConfig)
+
+    def with_overrides(self, **overrides: Any) -> "Preset":
+        """A copy with NST (or audio) fields replaced; unknown names raise ConfigError."""
+        audio_names = {f.name for f in dataclasses.fields(AudioConfig)}
+        nst_names = {f.name for f in dataclasses.fields(NSTConfig)}
+        unknown = sorted(set(overrides) - audio_names - nst_names)
+        if unknown:
+            raise ConfigError(f"unknown parameter(s): {', '.join(unknown)}")
+        audio = {k: v for k, v in overrides.items() if k in audio_names}
+        nst = {k: v for k, v in overrides.items() if k in nst_names}
+        return Preset(self.name, dataclasses.replace(self.audio, **audio),
+                      dataclasses.replace(self.nst, **nst))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preset": self.name, "audio": dataclasses.asdict(self.audio),
+                "nst": dataclasses.asdict(self.nst)}
+
+    def fingerprint(self) -> str:
+        """A stable hash of the effective configuration (name excluded)."""
+        body = {"audio": dataclasses.asdict(self.audio), "nst": dataclasses.asdict(self.nst)}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, Preset] = {
+    # The original research algorithm, exactly: power mel into the CNN,
+    # pooled un-normalised Grams, plain SGD, concatenated segments and librosa
+    # inversion. Its only departures: the NaN rollback takes effect, and the
+    # last partial segment is padded rather than dropped.
+    "seed": Preset("seed", AudioConfig(), NSTConfig()),
+    # Converges where "seed" diverges: the magnitude mel the CNN was trained
+    # on, a log-parameterised (always positive) target, per-position Gram
+    # normalisation (segments independent, so per-segment fan-out is exact),
+    # Adam, crossfaded stitching and the fast batched inversion.
+    "default": Preset(
+        "default",
+        AudioConfig(mel_power=1.0, overlap_frames=32),
+        NSTConfig(
+            content_layers=(0, 2),
+            style_layers=(4, 8, 12, 16),
+            content_weight=1.0,
+            style_weight=10.0,
+            iterations=100,
+            learning_rate=0.1,
+            optimizer="adam",
+            parameterization="log",
+            gram_norm="positions",
+            relative_loss=True,
+            inversion="fast",
+            griffin_lim_iters=32,
+        ),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}") from None
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """Parse ``"0,2"`` into ``(0, 2)``; an empty string is no layers."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"layer list {text!r} must be comma-separated integers") from None

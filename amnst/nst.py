@@ -1,0 +1,334 @@
+"""Neural style transfer over mel segments.
+
+A target mel is optimised so that its CNN features match the content's at
+the content layers, and its Gram matrices match the style's at the style
+layers. Shapes: mel segments ``(B, n_mels, frames)``; a layer's features
+``(B, H, W, C)``; a Gram matrix ``(C, C)``.
+
+Two Gram conventions (``NSTConfig.gram_norm``):
+
+- ``"none"`` (the original): ``G = F F^T`` pooled over every segment of the
+  batch, un-normalised; style loss ``sum((Gs - Gt)^2) / (B*H*W*C)``. The
+  pooled target Gram couples the batch's segments.
+- ``"positions"``: per segment ``G_b = F_b F_b^T / (H*W)``, the style Gram is
+  the mean over style segments, and the style loss is the mean squared
+  difference of the ``C x C`` entries. Every segment's loss depends on that
+  segment alone, so any batching gives the same result.
+
+Content loss per layer is the mean squared feature difference,
+``sum((Fc - Ft)^2) / (B*H*W*C)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from amnst.config import NSTConfig
+from amnst.model import feature_extractor
+
+# Smallest mel value a log-parameterised target can represent (log of zero
+# is -inf; the mel has empty filter rows and zero padding).
+LOG_FLOOR = 1e-8
+# Keeps relative losses finite for an all-zero reference (silence, dead layers).
+RELATIVE_FLOOR = 1e-12
+ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-8
+
+
+@dataclass(frozen=True)
+class StyleTargets:
+    """The style's Gram matrix at every style layer, pooled over all its segments."""
+
+    grams: tuple[np.ndarray, ...]
+    # The style's own segments: the starting point of ``init="style"``.
+    segments: np.ndarray
+
+
+@dataclass(frozen=True)
+class NSTResult:
+    """Optimised segments and their loss record.
+
+    ``loss``, ``content_loss`` and ``style_loss`` are ``(iterations + 1, B)``:
+    row ``i`` is the (weighted) loss of the target before update ``i``; the
+    last row is the returned target's. Under coupled Grams every column holds
+    the batch's loss. ``rollbacks`` counts non-finite steps per segment;
+    ``gave_up`` marks segments that hit ``max_retries`` in a row.
+    """
+
+    mels: np.ndarray
+    loss: np.ndarray
+    content_loss: np.ndarray
+    style_loss: np.ndarray
+    rollbacks: np.ndarray
+    gave_up: np.ndarray
+
+
+class StyleTransfer:
+    """The compiled optimisation for one CNN and one NST configuration.
+
+    Build it once per process: the feature extractor and the compiled step
+    are reused by every call.
+    """
+
+    def __init__(self, model: keras.Model, config: NSTConfig) -> None:
+        self.config = config
+        self.layers = tuple(sorted(set(config.content_layers) | set(config.style_layers)))
+        self._extractor = feature_extractor(model, self.layers)
+        self._step = tf.function(self._step_graph, reduce_retracing=True)
+        self._losses = tf.function(self._losses_graph, reduce_retracing=True)
+
+    # --- features -----------------------------------------------------------
+
+    def features(self, mels: np.ndarray | tf.Tensor) -> dict[int, tf.Tensor]:
+        """Features of ``(B, n_mels, frames)`` mels at every used layer, in inference mode."""
+        outputs = self._extractor(tf.expand_dims(tf.convert_to_tensor(mels, tf.float32), -1),
+                                  training=False)
+        return dict(zip(self.layers, outputs))
+
+    def _batched_features(self, mels: np.ndarray, layers: tuple[int, ...]) -> list[tf.Tensor]:
+        size = self.config.segments_per_batch
+        chunks = [self.features(mels[i:i + size]) for i in range(0, len(mels), size)]
+        return [tf.concat([chunk[layer] for chunk in chunks], axis=0) for layer in layers]
+
+    def style_targets(self, style_segments: np.ndarray) -> StyleTargets:
+        """Gram matrices of the style pooled over all its segments, computed once."""
+        _check_segments(style_segments, "style segments")
+        size = self.config.segments_per_batch
+        sums = [0.0] * len(self.config.style_layers)
+        positions = [0] * len(self.config.style_layers)
+        for start in range(0, len(style_segments), size):
+            features = self.features(style_segments[start:start + size])
+            for k, layer in enumerate(self.config.style_layers):
+                f = features[layer]
+                sums[k] = sums[k] + tf.einsum("bhwc,bhwd->cd", f, f)
+                positions[k] += int(f.shape[0] * f.shape[1] * f.shape[2])
+        if self.config.gram_norm == "positions":
+            grams = [s / n for s, n in zip(sums, positions)]
+        else:
+            grams = sums
+        return StyleTargets(tuple(np.asarray(g, np.float32) for g in grams),
+                            np.asarray(style_segments, np.float32))
+
+    # --- losses -------------------------------------------------------------
+
+    def _segment_losses(self, mel: tf.Tensor, content: tuple[tf.Tensor, ...],
+                        grams: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, tf.Tensor]:
+        """Weighted content and style loss per segment, each ``(B,)``.
+
+        Under coupled Grams the style loss is the batch's, repeated per segment,
+        and the content loss is the batch mean, repeated.
+        """
+        cfg = self.config
+        features = self.features(mel)
+        batch = tf.shape(mel)[0]
+        content_loss = tf.zeros([batch])
+        for layer, target in zip(cfg.content_layers, content):
+            error = tf.reduce_mean(tf.square(features[layer] - target), axis=[1, 2, 3])
+            if cfg.relative_loss:
+                error /= tf.reduce_mean(tf.square(target), axis=[1, 2, 3]) + RELATIVE_FLOOR
+            content_loss += error
+        style_loss = tf.zeros([batch])
+        for layer, gram in zip(cfg.style_layers, grams):
+            f = features[layer]
+            h, w, c = f.shape[1], f.shape[2], f.shape[3]
+            if cfg.couples_segments:
+                g = tf.einsum("bhwc,bhwd->cd", f, f)
+                n = tf.cast(batch, tf.float32) * float(h * w * c)
+                style_loss += tf.reduce_sum(tf.square(gram - g)) / n
+            else:
+                g = tf.einsum("bhwc,bhwd->bcd", f, f) / float(h * w)
+                error = tf.reduce_mean(tf.square(gram - g), axis=[1, 2])
+                if cfg.relative_loss:
+                    error /= tf.reduce_mean(tf.square(gram)) + RELATIVE_FLOOR
+                style_loss += error
+        if cfg.couples_segments:
+            content_loss = tf.fill([batch], tf.reduce_mean(content_loss))
+        return cfg.content_weight * content_loss, cfg.style_weight * style_loss
+
+    def _to_mel(self, x: tf.Tensor) -> tf.Tensor:
+        return tf.exp(x) if self.config.parameterization == "log" else x
+
+    def _from_mel(self, mel: np.ndarray) -> np.ndarray:
+        if self.config.parameterization == "log":
+            return np.log(np.maximum(mel, LOG_FLOOR)).astype(np.float32)
+        return mel.astype(np.float32)
+
+    def _losses_graph(self, x, content, grams):
+        content_loss, style_loss = self._segment_losses(self._to_mel(x), content, grams)
+        return content_loss + style_loss, content_loss, style_loss
+
+    def loss(self, target: np.ndarray, content_segments: np.ndarray,
+             targets: StyleTargets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Total, content and style loss per segment of target mels ``(B, n_mels, frames)``."""
+        content = tuple(self._batched_features(content_segments, self.config.content_layers))
+        grams = tuple(tf.constant(g) for g in targets.grams)
+        return tuple(np.asarray(t) for t in self._losses(
+            tf.constant(self._from_mel(target)), content, grams))
+
+    # --- optimisation -------------------------------------------------------
+
+    def _step_graph(self, state, content, grams, iteration):
+        """One guarded update of every active segment.
+
+        ``state`` is ``(x, m, v, t, lr, scheduled, retries, active, prev1, prev2)``
+        where ``prev1``/``prev2`` are the ``(x, m, v, t)`` of one and two steps
+        back. A segment whose loss or gradient is not finite is rolled back to
+        ``prev2`` with its learning rate halved (and the decay schedule
+        dropped); after ``max_retries`` rollbacks in a row it stops.
+        """
+        cfg = self.config
+        x, m, v, t, lr, scheduled, retries, active, prev1, prev2 = state
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            content_loss, style_loss = self._segment_losses(self._to_mel(x), content, grams)
+            loss = content_loss + style_loss
+            objective = tf.reduce_mean(loss) if cfg.couples_segments else tf.reduce_sum(loss)
+        grad = tape.gradient(objective, x)
+
+        finite = tf.math.is_finite(loss) & tf.reduce_all(tf.math.is_finite(grad), axis=[1, 2])
+        if cfg.couples_segments:
+            finite = tf.fill(tf.shape(finite), tf.reduce_all(finite))
+        grad = tf.where(finite[:, None, None], grad, 0.0)
+
+        decayed = cfg.learning_rate * cfg.decay_rate ** (iteration / cfg.decay_steps)
+        rate = tf.where(scheduled, decayed, lr)
+        t_next = t + 1.0
+        if cfg.optimizer == "adam":
+            m_next = ADAM_BETA1 * m + (1 - ADAM_BETA1) * grad
+            v_next = ADAM_BETA2 * v + (1 - ADAM_BETA2) * tf.square(grad)
+            m_hat = m_next / (1 - ADAM_BETA1 ** t_next)[:, None, None]
+            v_hat = v_next / (1 - ADAM_BETA2 ** t_next)[:, None, None]
+            x_next = x - rate[:, None, None] * m_hat / (tf.sqrt(v_hat) + ADAM_EPSILON)
+        else:
+            m_next, v_next = m, v
+            x_next = x - rate[:, None, None] * grad
+
+        ok = finite & active
+        failed = ~finite & active
+        retries = tf.where(failed, retries + 1, tf.where(ok, 0, retries))
+        # The rollback restores the whole optimiser state of two steps back.
+        current = (x, m, v, t)
+        updated = (x_next, m_next, v_next, t_next)
+        new = tuple(_select(ok, u, _select(failed, p2, c)) for u, p2, c in zip(updated, prev2, current))
+        new_prev1 = tuple(_select(ok, c, _select(failed, p2, p1)) for c, p2, p1 in zip(current, prev2, prev1))
+        new_prev2 = tuple(_select(ok, p1, p2) for p1, p2 in zip(prev1, prev2))
+        lr = tf.where(failed, rate * 0.5, lr)
+        scheduled = scheduled & ~failed
+        active = active & (retries <= cfg.max_retries)
+        state = (*new, lr, scheduled, retries, active, new_prev1, new_prev2)
+        return state, loss, content_loss, style_loss, failed
+
+    def initial_target(self, content_segments: np.ndarray, targets: StyleTargets,
+                       indices: np.ndarray) -> np.ndarray:
+        """The starting mels ``(B, n_mels, frames)`` for ``config.init``.
+
+        Random starts are seeded by ``(seed, segment index)``, so a segment
+        starts the same whatever batch it is optimised in.
+        """
+        init = self.config.init
+        if init == "content":
+            return content_segments.astype(np.float32)
+        if init == "style":
+            return targets.segments[indices % len(targets.segments)]
+        if init == "zero":
+            return np.zeros_like(content_segments, dtype=np.float32)
+        noise = [np.random.default_rng([self.config.seed, int(i)]).standard_normal(
+            content_segments.shape[1:], dtype=np.float32) for i in indices]
+        stacked = np.stack(noise)
+        return np.abs(stacked) if self.config.parameterization == "log" else stacked
+
+    def optimise(self, content_segments: np.ndarray, targets: StyleTargets,
+                 indices: np.ndarray | None = None,
+                 progress: Callable[[int], None] | None = None) -> NSTResult:
+        """Optimise one batch of target segments against content and style.
+
+        ``content_segments`` is ``(B, n_mels, frames)``; ``indices`` are the
+        segments' positions in their piece (default ``0..B-1``), used to seed
+        random starts. ``progress`` is called with the iteration number after
+        every update.
+        """
+        _check_segments(content_segments, "content segments")
+        cfg = self.config
+        batch = len(content_segments)
+        indices = np.arange(batch) if indices is None else np.asarray(indices)
+        content = tuple(self._batched_features(content_segments, cfg.content_layers))
+        grams = tuple(tf.constant(g) for g in targets.grams)
+
+        x = tf.constant(self._from_mel(self.initial_target(content_segments, targets, indices)))
+        zeros = tf.zeros_like(x)
+        snapshot = (x, zeros, zeros, tf.zeros([batch]))
+        state = (*snapshot, tf.fill([batch], float(cfg.learning_rate)), tf.ones([batch], tf.bool),
+                 tf.zeros([batch], tf.int32), tf.ones([batch], tf.bool), snapshot, snapshot)
+        history, failures = [], []
+        for iteration in range(cfg.iterations):
+            state, *losses, failed = self._step(state, content, grams, tf.constant(iteration, tf.float32))
+            history.append(losses)
+            failures.append(failed)
+            if progress is not None:
+                progress(iteration + 1)
+        x, active, prev2 = state[0], state[7], state[9]
+        history.append(list(self._losses(x, content, grams)))
+        # A final target with a non-finite loss is replaced by its rollback point.
+        final_ok = tf.math.is_finite(history[-1][0])
+        x = _select(final_ok, x, prev2[0])
+        if not bool(tf.reduce_all(final_ok)):
+            history[-1] = list(self._losses(x, content, grams))
+        loss, content_loss, style_loss = (np.stack([np.asarray(h[k]) for h in history]) for k in range(3))
+        rollbacks = np.sum([np.asarray(f) for f in failures], axis=0).astype(np.int32) if failures \
+            else np.zeros(batch, np.int32)
+        return NSTResult(np.asarray(self._to_mel(x)), loss, content_loss, style_loss,
+                         rollbacks, ~np.asarray(active))
+
+
+def optimise_piece(transfer: StyleTransfer, content_segments: np.ndarray, targets: StyleTargets,
+                   progress: Callable[[int], None] | None = None) -> NSTResult:
+    """Optimise all segments of one piece, batching as the configuration allows.
+
+    Coupled Grams need the whole piece in one batch; otherwise segments go in
+    batches of ``segments_per_batch``. ``progress`` gets segment-iterations done.
+    """
+    cfg = transfer.config
+    size = len(content_segments) if cfg.couples_segments else cfg.segments_per_batch
+    results, done = [], 0
+    for start in range(0, len(content_segments), size):
+        batch = content_segments[start:start + size]
+        step = None
+        if progress is not None:
+            def step(iteration: int, base: int = done, width: int = len(batch)) -> None:
+                progress(base + iteration * width)
+        results.append(transfer.optimise(batch, targets, np.arange(start, start + len(batch)), step))
+        done += len(batch) * cfg.iterations
+    return concat_results(results)
+
+
+def concat_results(results: list[NSTResult]) -> NSTResult:
+    """Join results of consecutive batches along the segment axis."""
+    return NSTResult(
+        np.concatenate([r.mels for r in results]),
+        *(np.concatenate([getattr(r, name) for r in results], axis=1)
+          for name in ("loss", "content_loss", "style_loss")),
+        np.concatenate([r.rollbacks for r in results]),
+        np.concatenate([r.gave_up for r in results]),
+    )
+
+
+def piece_loss_curve(result: NSTResult) -> np.ndarray:
+    """The piece's loss per iteration: the mean over segments, ``(iterations + 1,)``."""
+    return result.loss.mean(axis=1)
+
+
+def _select(mask: tf.Tensor, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """Per segment: ``a`` where ``mask`` (shape ``(B,)``) holds, else ``b``."""
+    shape = tf.concat([tf.shape(mask), tf.ones([tf.rank(a) - 1], tf.int32)], axis=0)
+    return tf.where(tf.reshape(mask, shape), a, b)
+
+
+def _check_segments(segments: np.ndarray, name: str) -> None:
+    if segments.ndim != 3 or len(segments) == 0:
+        raise ValueError(f"{name} must be a non-empty (B, n_mels, frames) array, got {segments.shape}")
+    if not np.all(np.isfinite(segments)):
+        raise ValueError(f"{name} hold non-finite values")
