@@ -77,7 +77,7 @@ def feature_extractor(model: keras.Model, indices: tuple[int, ...]) -> keras.Mod
     for index in indices:
         if not 0 <= index < len(model.layers):
             raise ValueError(f"layer index {index} out of range 0..{len(model.layers) - 1}")
-    return keras.Model(model.inputs, [model.layers[i].output for i in indices])
+    return keras.Model(model.inputs[0], [model.layers[i].output for i in indices])
 
 
 def load_model(weights: str | Path | None = None, seed: int = 0) -> keras.Sequential:

@@ -104,7 +104,8 @@ class StyleTransfer:
             features = self.features(style_segments[start:start + size])
             for k, layer in enumerate(self.config.style_layers):
                 f = features[layer]
-                sums[k] = sums[k] + tf.einsum("bhwc,bhwd->cd", f, f)
+                flat = tf.reshape(f, [-1, f.shape[-1]])
+                sums[k] = sums[k] + tf.matmul(flat, flat, transpose_a=True)
                 positions[k] += int(f.shape[0] * f.shape[1] * f.shape[2])
         if self.config.gram_norm == "positions":
             grams = [s / n for s, n in zip(sums, positions)]
@@ -115,39 +116,63 @@ class StyleTransfer:
 
     # --- losses -------------------------------------------------------------
 
-    def _segment_losses(self, mel: tf.Tensor, content: tuple[tf.Tensor, ...],
-                        grams: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, tf.Tensor]:
-        """Weighted content and style loss per segment, each ``(B,)``.
+    def content_targets(self, content_segments: np.ndarray) -> tuple[tuple[tf.Tensor, tf.Tensor], ...]:
+        """Per content layer: the content's features and each segment's loss scale.
 
-        Under coupled Grams the style loss is the batch's, repeated per segment,
-        and the content loss is the batch mean, repeated.
+        The scale folds the content weight and the loss's denominator into one
+        ``(B,)`` factor, so a step's content loss is a plain sum of squares.
+        """
+        cfg = self.config
+        features = self._batched_features(content_segments, cfg.content_layers)
+        targets = []
+        for f in features:
+            scale = cfg.content_weight / float(np.prod(f.shape[1:]))
+            if cfg.relative_loss:
+                scale /= tf.reduce_mean(tf.square(f), axis=[1, 2, 3]) + RELATIVE_FLOOR
+            if cfg.couples_segments:
+                scale /= len(content_segments)
+            targets.append((f, tf.broadcast_to(tf.cast(scale, tf.float32), [len(content_segments)])))
+        return tuple(targets)
+
+    def _segment_losses(self, mel: tf.Tensor, content: tuple[tuple[tf.Tensor, tf.Tensor], ...],
+                        grams: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Weighted content and style loss per segment, each ``(B,)``, and the objective.
+
+        The objective is the sum of the segments' losses (the batch's loss under
+        coupled Grams, which every segment then reports). Its content part is an
+        ``l2_loss`` because that gradient is one multiply; the per-segment
+        reductions are for the record only.
         """
         cfg = self.config
         features = self.features(mel)
         batch = tf.shape(mel)[0]
+        objective = 0.0
         content_loss = tf.zeros([batch])
-        for layer, target in zip(cfg.content_layers, content):
-            error = tf.reduce_mean(tf.square(features[layer] - target), axis=[1, 2, 3])
-            if cfg.relative_loss:
-                error /= tf.reduce_mean(tf.square(target), axis=[1, 2, 3]) + RELATIVE_FLOOR
-            content_loss += error
+        for layer, (target, scale) in zip(cfg.content_layers, content):
+            error = (features[layer] - target) * tf.sqrt(scale)[:, None, None, None]
+            objective += 2.0 * tf.nn.l2_loss(error)
+            content_loss += tf.stop_gradient(tf.reduce_sum(tf.square(error), axis=[1, 2, 3]))
         style_loss = tf.zeros([batch])
         for layer, gram in zip(cfg.style_layers, grams):
             f = features[layer]
             h, w, c = f.shape[1], f.shape[2], f.shape[3]
+            flat = tf.reshape(f, [batch, h * w, c])
+            per_segment = tf.matmul(flat, flat, transpose_a=True)
             if cfg.couples_segments:
-                g = tf.einsum("bhwc,bhwd->cd", f, f)
                 n = tf.cast(batch, tf.float32) * float(h * w * c)
-                style_loss += tf.reduce_sum(tf.square(gram - g)) / n
+                error = cfg.style_weight * tf.reduce_sum(tf.square(gram - tf.reduce_sum(per_segment, 0))) / n
+                objective += error
+                style_loss += error
             else:
-                g = tf.einsum("bhwc,bhwd->bcd", f, f) / float(h * w)
-                error = tf.reduce_mean(tf.square(gram - g), axis=[1, 2])
+                scale = cfg.style_weight / float(c * c)
                 if cfg.relative_loss:
-                    error /= tf.reduce_mean(tf.square(gram)) + RELATIVE_FLOOR
+                    scale /= tf.reduce_mean(tf.square(gram)) + RELATIVE_FLOOR
+                error = scale * tf.reduce_sum(tf.square(per_segment / float(h * w) - gram), axis=[1, 2])
+                objective += tf.reduce_sum(error)
                 style_loss += error
         if cfg.couples_segments:
-            content_loss = tf.fill([batch], tf.reduce_mean(content_loss))
-        return cfg.content_weight * content_loss, cfg.style_weight * style_loss
+            content_loss = tf.fill([batch], tf.reduce_sum(content_loss))
+        return content_loss, tf.stop_gradient(style_loss), objective
 
     def _to_mel(self, x: tf.Tensor) -> tf.Tensor:
         return tf.exp(x) if self.config.parameterization == "log" else x
@@ -158,13 +183,13 @@ class StyleTransfer:
         return mel.astype(np.float32)
 
     def _losses_graph(self, x, content, grams):
-        content_loss, style_loss = self._segment_losses(self._to_mel(x), content, grams)
+        content_loss, style_loss, _ = self._segment_losses(self._to_mel(x), content, grams)
         return content_loss + style_loss, content_loss, style_loss
 
     def loss(self, target: np.ndarray, content_segments: np.ndarray,
              targets: StyleTargets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Total, content and style loss per segment of target mels ``(B, n_mels, frames)``."""
-        content = tuple(self._batched_features(content_segments, self.config.content_layers))
+        content = self.content_targets(content_segments)
         grams = tuple(tf.constant(g) for g in targets.grams)
         return tuple(np.asarray(t) for t in self._losses(
             tf.constant(self._from_mel(target)), content, grams))
@@ -174,19 +199,20 @@ class StyleTransfer:
     def _step_graph(self, state, content, grams, iteration):
         """One guarded update of every active segment.
 
-        ``state`` is ``(x, m, v, t, lr, scheduled, retries, active, prev1, prev2)``
-        where ``prev1``/``prev2`` are the ``(x, m, v, t)`` of one and two steps
-        back. A segment whose loss or gradient is not finite is rolled back to
-        ``prev2`` with its learning rate halved (and the decay schedule
-        dropped); after ``max_retries`` rollbacks in a row it stops.
+        ``state`` is ``(x, m, v, t, lr, scheduled, retries, restored, active,
+        prev1, prev2)`` where ``prev1``/``prev2`` are the ``(x, m, v, t)`` of one
+        and two steps back. A segment whose loss or gradient is not finite is
+        rolled back to ``prev2`` with its learning rate halved (and the decay
+        schedule dropped). The restored target itself evaluates finite, so
+        rollbacks count as "in a row" until an update made after the restored
+        step succeeds; after ``max_retries`` in a row the segment stops.
         """
         cfg = self.config
-        x, m, v, t, lr, scheduled, retries, active, prev1, prev2 = state
+        x, m, v, t, lr, scheduled, retries, restored, active, prev1, prev2 = state
         with tf.GradientTape() as tape:
             tape.watch(x)
-            content_loss, style_loss = self._segment_losses(self._to_mel(x), content, grams)
-            loss = content_loss + style_loss
-            objective = tf.reduce_mean(loss) if cfg.couples_segments else tf.reduce_sum(loss)
+            content_loss, style_loss, objective = self._segment_losses(self._to_mel(x), content, grams)
+        loss = content_loss + style_loss
         grad = tape.gradient(objective, x)
 
         finite = tf.math.is_finite(loss) & tf.reduce_all(tf.math.is_finite(grad), axis=[1, 2])
@@ -209,7 +235,8 @@ class StyleTransfer:
 
         ok = finite & active
         failed = ~finite & active
-        retries = tf.where(failed, retries + 1, tf.where(ok, 0, retries))
+        retries = tf.where(failed, retries + 1, tf.where(ok & ~restored, 0, retries))
+        restored = tf.where(active, failed, restored)
         # The rollback restores the whole optimiser state of two steps back.
         current = (x, m, v, t)
         updated = (x_next, m_next, v_next, t_next)
@@ -219,7 +246,7 @@ class StyleTransfer:
         lr = tf.where(failed, rate * 0.5, lr)
         scheduled = scheduled & ~failed
         active = active & (retries <= cfg.max_retries)
-        state = (*new, lr, scheduled, retries, active, new_prev1, new_prev2)
+        state = (*new, lr, scheduled, retries, restored, active, new_prev1, new_prev2)
         return state, loss, content_loss, style_loss, failed
 
     def initial_target(self, content_segments: np.ndarray, targets: StyleTargets,
@@ -255,14 +282,15 @@ class StyleTransfer:
         cfg = self.config
         batch = len(content_segments)
         indices = np.arange(batch) if indices is None else np.asarray(indices)
-        content = tuple(self._batched_features(content_segments, cfg.content_layers))
+        content = self.content_targets(content_segments)
         grams = tuple(tf.constant(g) for g in targets.grams)
 
         x = tf.constant(self._from_mel(self.initial_target(content_segments, targets, indices)))
         zeros = tf.zeros_like(x)
         snapshot = (x, zeros, zeros, tf.zeros([batch]))
         state = (*snapshot, tf.fill([batch], float(cfg.learning_rate)), tf.ones([batch], tf.bool),
-                 tf.zeros([batch], tf.int32), tf.ones([batch], tf.bool), snapshot, snapshot)
+                 tf.zeros([batch], tf.int32), tf.zeros([batch], tf.bool), tf.ones([batch], tf.bool),
+                 snapshot, snapshot)
         history, failures = [], []
         for iteration in range(cfg.iterations):
             state, *losses, failed = self._step(state, content, grams, tf.constant(iteration, tf.float32))
@@ -270,7 +298,7 @@ class StyleTransfer:
             failures.append(failed)
             if progress is not None:
                 progress(iteration + 1)
-        x, active, prev2 = state[0], state[7], state[9]
+        x, active, prev2 = state[0], state[8], state[10]
         history.append(list(self._losses(x, content, grams)))
         # A final target with a non-finite loss is replaced by its rollback point.
         final_ok = tf.math.is_finite(history[-1][0])

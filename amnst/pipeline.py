@@ -49,7 +49,9 @@ def render(segments: np.ndarray, n_frames: int, n_samples: int, audio_config: Au
     Returns ``(waveform (n_samples,), stitched mel (n_mels, n_frames))``; the
     waveform is scaled down only if it would clip.
     """
-    mel = audio.stitch(segments, n_frames, audio_config)
+    # A linearly parameterised target (the seed preset) can step below zero,
+    # which no spectrum has.
+    mel = np.maximum(audio.stitch(segments, n_frames, audio_config), 0.0)
     if nst_config.inversion == "fast":
         y = invert.mel_to_audio(mel, audio_config, n_iter=nst_config.griffin_lim_iters,
                                 length=n_samples, seed=nst_config.seed)

@@ -1,0 +1,141 @@
+"""``amnst bench ...``: speed measured against baselines in the same run.
+
+Every figure is a ratio against something timed in the same process on the
+same machine, so figures from different machines can be compared as ratios.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from amnst import audio, synth
+from amnst.config import NSTConfig, get_preset
+from amnst.model import build_model, feature_extractor
+from amnst.nst import StyleTransfer
+
+NST_BATCH = 5
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures were measured."""
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "gpus": gpus, "tensorflow": tf.__version__}
+
+
+def best_of(repeats: int, run: Callable[[], Any]) -> float:
+    """The fastest of ``repeats`` wall-clock timings of ``run()``, in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_flops_per_second(size: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matrix-multiply rate: the ceiling any step can reach."""
+    a = tf.random.stateless_normal([size, size], seed=[1, 2])
+    product = tf.function(lambda m: tf.reduce_sum(tf.linalg.matmul(m, m)))
+    product(a).numpy()
+    return 2 * size**3 / best_of(repeats, lambda: product(a).numpy())
+
+
+def nst_step_flops(model: keras.Model, config: NSTConfig) -> float:
+    """Floating-point operations of one NST step for one segment.
+
+    Convolutions up to the deepest used layer, forward and the input gradient
+    (the target is the only variable, so no weight gradients): 2 x 2 x MACs.
+    Gram matrices at style layers: 2*H*W*C^2 forward, twice that backward.
+    Element-wise work (activations, pooling, losses, the update) is not counted.
+    """
+    deepest = max(config.content_layers + config.style_layers)
+    flops = 0.0
+    for layer in model.layers[:deepest + 1]:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw, c_in, _ = layer.kernel.shape
+            flops += 4.0 * h * w * c_out * kh * kw * c_in
+    for index in config.style_layers:
+        _, h, w, c = model.layers[index].output.shape
+        flops += 3 * 2.0 * h * w * c * c
+    return flops
+
+
+def seed_faithful_loop(model: keras.Model, config: NSTConfig, content: np.ndarray,
+                       style: np.ndarray) -> Callable[[int], None]:
+    """The original's optimisation loop, for timing: eager, every layer's output
+    of content, style and target recomputed at every iteration, Keras SGD."""
+    extractor = feature_extractor(model, tuple(range(len(model.layers))))
+    target = tf.Variable(content)
+    optimizer = keras.optimizers.SGD(config.learning_rate)
+
+    def gram(f: tf.Tensor) -> tf.Tensor:
+        flat = tf.reshape(f, [-1, f.shape[-1]])
+        return tf.matmul(flat, flat, transpose_a=True)
+
+    def run(iterations: int) -> None:
+        for _ in range(iterations):
+            with tf.GradientTape() as tape:
+                ft, fc, fs = (extractor(x[..., None], training=False) for x in (target, content, style))
+                loss = config.content_weight * sum(
+                    tf.reduce_sum(tf.square(fc[i] - ft[i])) / tf.cast(tf.size(ft[i]), tf.float32)
+                    for i in config.content_layers)
+                loss += config.style_weight * sum(
+                    tf.reduce_sum(tf.square(gram(fs[i]) - gram(ft[i]))) / tf.cast(tf.size(ft[i]), tf.float32)
+                    for i in config.style_layers)
+            optimizer.apply_gradients([(tape.gradient(loss, target), target)])
+    return run
+
+
+def bench_nst(quick: bool = False) -> dict[str, Any]:
+    """Segment-iterations per second of the compiled ``default`` step at batch 5,
+    against the seed-faithful eager loop and against the matmul ceiling."""
+    iterations, repeats = (3, 1) if quick else (10, 3)
+    model = build_model()
+    preset = get_preset("default").with_overrides(iterations=iterations, segments_per_batch=NST_BATCH)
+    content_y, style_y = synth.evaluation_pair(synth.EVALUATION_PAIRS[0].name, 30.0)
+    content = audio.segment(audio.mel_spectrogram(content_y, preset.audio), preset.audio)[:NST_BATCH]
+    style = audio.segment(audio.mel_spectrogram(style_y, preset.audio), preset.audio)[:NST_BATCH]
+
+    transfer = StyleTransfer(model, preset.nst)
+    targets = transfer.style_targets(style)
+    transfer.optimise(content, targets)  # traces and warms the compiled step
+    compiled = best_of(repeats, lambda: transfer.optimise(content, targets))
+
+    seed = get_preset("seed").nst
+    baseline = seed_faithful_loop(model, seed, content, style)
+    baseline(1)
+    eager = best_of(repeats, lambda: baseline(iterations))
+
+    segment_iterations = NST_BATCH * iterations
+    flops = nst_step_flops(model, preset.nst)
+    peak = matmul_flops_per_second()
+    compiled_rate = segment_iterations / compiled
+    return {
+        "benchmark": "nst", "machine": machine(), "batch": NST_BATCH, "iterations": iterations,
+        "compiled_default_segment_iterations_per_s": compiled_rate,
+        "seed_faithful_eager_segment_iterations_per_s": segment_iterations / eager,
+        "speedup_vs_seed_faithful": eager / compiled,
+        "step_gflop_per_segment": flops / 1e9,
+        "achieved_gflops": compiled_rate * flops / 1e9,
+        "matmul_gflops": peak / 1e9,
+        "fraction_of_matmul_rate": compiled_rate * flops / peak,
+    }
+
+
+def bench_invert(quick: bool = False) -> dict[str, Any]:
+    from amnst import bench_invert as invert_benchmark
+
+    return invert_benchmark.run(seconds=10.0 if quick else 30.0, repeats=1 if quick else 3)
+
+
+BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"nst": bench_nst, "invert": bench_invert}

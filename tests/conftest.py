@@ -1,0 +1,37 @@
+"""Shared fixtures: synthesized audio and the original research weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amnst import audio, synth
+from amnst.config import get_preset
+
+SEED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "seed" / "GenreClassificationTrainedModelWeights.npy"
+
+
+@pytest.fixture(scope="session")
+def seed_weights_npy() -> Path:
+    if not SEED_WEIGHTS.is_file():
+        pytest.skip(f"the original research weights are not at {SEED_WEIGHTS}")
+    return SEED_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def music_and_rain() -> tuple[np.ndarray, np.ndarray]:
+    """7 s of synthesized music and 6 s of rain at 22050 Hz."""
+    return synth.music(7.0, seed=3), synth.rain(6.0, seed=3)
+
+
+def segments_of(y: np.ndarray, preset_name: str, count: int | None = None) -> np.ndarray:
+    preset = get_preset(preset_name)
+    segments = audio.segment(audio.mel_spectrogram(y, preset.audio), preset.audio)
+    return segments[:count]
+
+
+def write_wav(path: Path, y: np.ndarray, sample_rate: int = 22050) -> Path:
+    path.write_bytes(audio.encode(y, sample_rate, "wav"))
+    return path

@@ -1,0 +1,107 @@
+"""The `amnst` command end to end: transfer, demo, help, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from amnst import synth
+from amnst.cli import build_parser, main
+from tests.conftest import write_wav
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    return (write_wav(folder / "music.wav", synth.music(6.0, seed=1)),
+            write_wav(folder / "rain.wav", synth.rain(5.0, seed=1)))
+
+
+@pytest.mark.parametrize("preset", ["default", "seed"])
+def test_transfer_writes_audio_of_the_content_length(inputs, tmp_path, capsys, preset):
+    content, style = inputs
+    out = tmp_path / "out.flac"
+    assert main(["transfer", str(content), str(style), "-o", str(out), "--preset", preset,
+                 "--iterations", "2"]) == 0
+    y, rate = sf.read(out)
+    assert rate == 22050 and len(y) == len(sf.read(content)[0])
+    assert np.all(np.isfinite(y)) and np.max(np.abs(y)) > 0.01
+    summary = capsys.readouterr().out
+    assert f"wrote {out}" in summary and "loss" in summary and "optimise" in summary
+
+
+def test_transfer_as_a_subprocess(inputs, tmp_path):
+    content, style = inputs
+    out = tmp_path / "out.wav"
+    done = subprocess.run([sys.executable, "-m", "amnst.cli", "transfer", str(content), str(style),
+                           "-o", str(out), "--iterations", "1", "--style-layers", "4,8"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and "seconds:" in done.stdout
+
+
+def _bad_inputs(folder):
+    empty = folder / "empty.wav"
+    empty.write_bytes(b"")
+    noise = folder / "noise.mp3"
+    noise.write_bytes(np.random.default_rng(0).bytes(5000))
+    silent = write_wav(folder / "silent.wav", np.zeros(22050 * 2, np.float32))
+    truncated = folder / "truncated.wav"
+    truncated.write_bytes(write_wav(folder / "whole.wav", synth.hum(1.0)).read_bytes()[:30])
+    return {"missing": (folder / "missing.wav", "no such file"), "empty": (empty, "empty"),
+            "noise": (noise, "cannot decode"), "silent": (silent, "silent"),
+            "truncated": (truncated, "cannot decode")}
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "noise", "silent", "truncated"])
+@pytest.mark.parametrize("role", ["content", "style"])
+def test_bad_input_gives_one_line_naming_it(inputs, tmp_path, capsys, case, role):
+    bad, reason = _bad_inputs(tmp_path)[case]
+    content, style = inputs
+    args = [str(bad), str(style)] if role == "content" else [str(content), str(bad)]
+    out = tmp_path / "out.wav"
+    assert main(["transfer", *args, "-o", str(out), "--iterations", "1"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and reason in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--style-layers", "4,99"], "style_layers"),
+    (["--content-layers", "a,b"], "comma-separated"),
+    (["--init", "sideways"], "init"),
+    (["--iterations", "-3"], "iterations"),
+    (["--preset", "loud"], "unknown preset"),
+    (["--lr", "0"], "learning_rate"),
+    (["--content-weight", "-1"], "content_weight"),
+])
+def test_bad_option_values_are_refused_before_any_work(inputs, tmp_path, capsys, option, message):
+    content, style = inputs
+    out = tmp_path / "out.wav"
+    assert main(["transfer", str(content), str(style), "-o", str(out), *option]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
+
+
+def test_bad_output_name_and_missing_weights(inputs, tmp_path, capsys):
+    content, style = inputs
+    assert main(["transfer", str(content), str(style), "-o", str(tmp_path / "out.mp4")]) == 2
+    assert "out.mp4" in capsys.readouterr().err
+    assert main(["transfer", str(content), str(style), "-o", str(tmp_path / "o.wav"),
+                 "--weights", str(tmp_path / "nope.npz")]) == 1
+    assert "nope.npz: no such weight file" in capsys.readouterr().err
+    assert not (tmp_path / "o.wav").exists()
+
+
+@pytest.mark.parametrize("command", [[], ["transfer"], ["demo"], ["weights"], ["weights", "import"],
+                                     ["bench"], ["bench", "nst"], ["bench", "invert"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: amnst" in capsys.readouterr().out

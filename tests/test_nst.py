@@ -1,0 +1,130 @@
+"""Neural style transfer: the seed preset's exact loss, batching invariance, convergence, rollback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from amnst import model, synth
+from amnst.config import get_preset
+from amnst.nst import StyleTransfer, optimise_piece
+from tests.conftest import segments_of
+
+
+@pytest.fixture(scope="module")
+def random_cnn():
+    return model.build_model(seed=0)
+
+
+def _numpy_seed_loss(features_target, features_content, features_style, cfg):
+    """SEED_FACTS' formulas, written out in NumPy over extracted features.
+
+    Content per layer: sum((Fc-Ft)^2)/(B*H*W*C). Gram: (B,H,W,C) -> (C, B*H*W),
+    G = F F^T pooled over the batch. Style per layer: sum((Gs-Gt)^2)/(B*H*W*C)
+    of the target's layer. Total: cw * sum(content) + sw * sum(style).
+    """
+    def gram(f):
+        flat = np.moveaxis(f.astype(np.float64), -1, 0).reshape(f.shape[-1], -1)
+        return flat @ flat.T
+
+    content = sum(np.sum((features_content[l].astype(np.float64) - features_target[l]) ** 2)
+                  / features_target[l].size for l in cfg.content_layers)
+    style = sum(np.sum((gram(features_style[l]) - gram(features_target[l])) ** 2)
+                / features_target[l].size for l in cfg.style_layers)
+    return cfg.content_weight * content + cfg.style_weight * style
+
+
+def test_seed_loss_equals_the_original_formulas(random_cnn, music_and_rain):
+    cfg = get_preset("seed").nst
+    transfer = StyleTransfer(random_cnn, cfg)
+    content = segments_of(music_and_rain[0], "seed", 2)
+    style = segments_of(music_and_rain[1], "seed")
+    target = content * np.random.default_rng(0).uniform(0.5, 1.5, content.shape).astype(np.float32)
+
+    total, content_part, style_part = transfer.loss(target, content, transfer.style_targets(style))
+    expected = _numpy_seed_loss(*(
+        {l: f.numpy() for l, f in transfer.features(x).items()} for x in (target, content, style)), cfg)
+    # Coupled Grams: every segment reports the batch's loss.
+    assert np.all(total == total[0])
+    np.testing.assert_allclose(total[0], expected, rtol=1e-4)
+    assert content_part[0] > 0 and style_part[0] > 0
+
+
+@pytest.mark.parametrize("preset", ["default"])
+def test_default_is_exact_under_any_batching(random_cnn, music_and_rain, preset):
+    cfg = get_preset(preset).with_overrides(iterations=6, init="random").nst
+    transfer = StyleTransfer(random_cnn, cfg)
+    content = segments_of(music_and_rain[0], preset, 2)
+    targets = transfer.style_targets(segments_of(music_and_rain[1], preset))
+    together = transfer.optimise(content, targets)
+    apart = [transfer.optimise(content[i:i + 1], targets, indices=[i]) for i in range(2)]
+    # Equal up to float32 rounding: oneDNN picks convolution kernels by batch
+    # size, so the last bits differ; nothing couples the segments (a coupling
+    # bug shows as differences of order one).
+    np.testing.assert_allclose(together.mels, np.concatenate([r.mels for r in apart]), rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(together.loss, np.concatenate([r.loss for r in apart], axis=1), rtol=1e-3)
+
+
+def test_optimisation_is_deterministic(random_cnn, music_and_rain):
+    cfg = get_preset("default").with_overrides(iterations=3, init="random", seed=5).nst
+    transfer = StyleTransfer(random_cnn, cfg)
+    content = segments_of(music_and_rain[0], "default", 1)
+    targets = transfer.style_targets(segments_of(music_and_rain[1], "default"))
+    first, second = transfer.optimise(content, targets), transfer.optimise(content, targets)
+    np.testing.assert_array_equal(first.mels, second.mels)
+
+
+@pytest.mark.parametrize("pair", [p.name for p in synth.EVALUATION_PAIRS[:5]])
+def test_default_lowers_the_loss_on_every_pair(random_cnn, pair):
+    cfg = get_preset("default").with_overrides(iterations=12).nst
+    content, style = synth.evaluation_pair(pair, 5.0)
+    transfer = StyleTransfer(random_cnn, cfg)
+    result = transfer.optimise(segments_of(content, "default", 1),
+                               transfer.style_targets(segments_of(style, "default")))
+    assert np.all(np.isfinite(result.loss))
+    assert result.loss[-1, 0] < 0.9 * result.loss[0, 0]
+    assert result.rollbacks.sum() == 0
+
+
+def test_rollback_restores_the_last_good_target(random_cnn, music_and_rain):
+    # A learning rate this large makes the first update overflow; each retry
+    # halves it, so after max_retries in a row the segment gives up, holding
+    # the target from before the failed steps rather than the overflowed one.
+    cfg = get_preset("seed").with_overrides(iterations=6, learning_rate=1e38, max_retries=2).nst
+    transfer = StyleTransfer(random_cnn, cfg)
+    content = segments_of(music_and_rain[0], "seed", 1)
+    result = transfer.optimise(content, transfer.style_targets(segments_of(music_and_rain[1], "seed")))
+    assert result.gave_up.all()
+    assert result.rollbacks[0] == 3
+    np.testing.assert_array_equal(result.mels, content)
+    assert np.isfinite(result.loss[-1]).all()
+
+
+def test_rollback_then_recovery_under_the_seed_preset(random_cnn, music_and_rain):
+    # Large enough to overflow at first, small enough that a few halvings recover.
+    cfg = get_preset("seed").with_overrides(iterations=12, learning_rate=1e30).nst
+    transfer = StyleTransfer(random_cnn, cfg)
+    content = segments_of(music_and_rain[0], "seed", 1)
+    result = transfer.optimise(content, transfer.style_targets(segments_of(music_and_rain[1], "seed")))
+    assert result.rollbacks[0] > 0 and not result.gave_up.any()
+    assert np.all(np.isfinite(result.mels))
+    assert np.isfinite(result.loss[-1]).all()
+
+
+def test_optimise_piece_covers_every_segment(random_cnn, music_and_rain):
+    cfg = get_preset("default").with_overrides(iterations=2, segments_per_batch=1).nst
+    transfer = StyleTransfer(random_cnn, cfg)
+    content = segments_of(music_and_rain[0], "default")
+    ticks = []
+    result = optimise_piece(transfer, content, transfer.style_targets(segments_of(music_and_rain[1], "default")),
+                            progress=ticks.append)
+    assert result.mels.shape == content.shape
+    assert result.loss.shape == (3, len(content))
+    assert ticks[-1] == 2 * len(content)
+
+
+def test_non_finite_input_is_refused(random_cnn):
+    transfer = StyleTransfer(random_cnn, get_preset("default").nst)
+    bad = np.full((1, 384, 431), np.nan, np.float32)
+    with pytest.raises(ValueError, match="non-finite"):
+        transfer.style_targets(bad)
