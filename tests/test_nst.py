@@ -59,9 +59,13 @@ def test_default_is_exact_under_any_batching(random_cnn, music_and_rain, preset)
     together = transfer.optimise(content, targets)
     apart = [transfer.optimise(content[i:i + 1], targets, indices=[i]) for i in range(2)]
     # Equal up to float32 rounding: oneDNN picks convolution kernels by batch
-    # size, so the last bits differ; nothing couples the segments (a coupling
-    # bug shows as differences of order one).
-    np.testing.assert_allclose(together.mels, np.concatenate([r.mels for r in apart]), rtol=2e-3, atol=1e-6)
+    # size, so the last bits differ, and where two values of a max-pool window
+    # are within that rounding the gradient may take the other one. Those are
+    # isolated positions; coupled segments would differ everywhere.
+    apart_mels = np.concatenate([r.mels for r in apart])
+    off = ~np.isclose(together.mels, apart_mels, rtol=1e-3, atol=1e-6)
+    assert off.mean() < 1e-3
+    assert np.linalg.norm(together.mels - apart_mels) < 1e-3 * np.linalg.norm(apart_mels)
     np.testing.assert_allclose(together.loss, np.concatenate([r.loss for r in apart], axis=1), rtol=1e-3)
 
 
