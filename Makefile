@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/amnst demo --output out
+	$(BIN)/amnst demo --output out/demo
+	$(BIN)/amnst run out/demo/manifest.csv --output out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

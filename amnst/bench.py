@@ -183,4 +183,78 @@ def _librosa_mel_to_stft(mel: np.ndarray, config: AudioConfig) -> np.ndarray:
                                                    fmax=config.fmax)
 
 
-BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {"nst": bench_nst, "invert": bench_invert}
+
+
+def bench_pipeline(quick: bool = False) -> dict[str, Any]:
+    """Ray's overhead per optimise task, and the driver's peak memory against manifest size.
+
+    Overhead: optimise tasks run one at a time on a warm worker at the default
+    iterations; the driver's submit-to-result time minus the task's own
+    optimisation time, as a share of the latter. Memory: ``amnst run`` as a
+    separate driver process on manifests of tiny pairs (0.5 s, 1 iteration),
+    its peak resident set (VmHWM) as it exits.
+    """
+    import ray
+
+    from amnst.pipeline import Weights
+    from amnst.ray_runner import _optimise
+
+    tasks, sizes = (3, (20, 200)) if quick else (6, (100, 2000))
+    preset = get_preset("default")
+    content, style = synth.evaluation_pair(synth.EVALUATION_PAIRS[0].name, 10.0)
+    segments = audio.segment(audio.mel_spectrogram(content, preset.audio), preset.audio)
+    transfer = StyleTransfer(build_model(), preset.nst)
+    targets = transfer.style_targets(audio.segment(audio.mel_spectrogram(style, preset.audio), preset.audio))
+    figures: dict[str, Any] = {"benchmark": "pipeline", "machine": machine(),
+                               "iterations": preset.nst.iterations}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        weights = Weights.locate(None, preset.nst.seed)
+        segments_ref, targets_ref = ray.put(segments), ray.put(targets)
+        ray.get(_optimise.remote(segments_ref, 0, 1, targets_ref, preset, weights))  # warm the worker
+        shares = []
+        for _ in range(tasks):
+            start = time.perf_counter()
+            result = ray.get(_optimise.remote(segments_ref, 0, 1, targets_ref, preset, weights))
+            shares.append((time.perf_counter() - start - result.seconds) / result.seconds)
+        figures["task_overhead_share"] = float(np.median(shares))
+        figures["optimise_task_seconds"] = result.seconds
+        address = ray.get_runtime_context().gcs_address
+        figures["driver_peak_mb"] = {str(n): _driver_peak_mb(n, address) for n in sizes}
+    finally:
+        ray.shutdown()
+    small, large = (figures["driver_peak_mb"][str(n)] for n in sizes)
+    figures["driver_peak_difference_mb"] = large - small
+    return figures
+
+
+def _driver_peak_mb(pairs: int, address: str) -> float:
+    """Peak RSS of an ``amnst run`` driver over a manifest of ``pairs`` tiny pairs."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        (root / "c.wav").write_bytes(audio.encode(synth.music(0.5, seed=1), 22050, "wav"))
+        (root / "s.wav").write_bytes(audio.encode(synth.rain(0.5, seed=1), 22050, "wav"))
+        rows = "".join(f"p{i},c.wav,s.wav\n" for i in range(pairs))
+        (root / "manifest.csv").write_text("pair_id,content,style\n" + rows)
+        # The driver reports its own high-water mark: a parent's rusage would
+        # count the pages of this (TensorFlow-sized) process it was forked from.
+        driver = ("import re, sys; from amnst.cli import main; status = main(sys.argv[1:]); "
+                  "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1], file=sys.stderr); "
+                  "sys.exit(status)")
+        done = subprocess.run(
+            [sys.executable, "-c", driver, "run", str(root / "manifest.csv"), "--output", str(root / "out"),
+             "--iterations", "1", "--max-in-flight", "64"],
+            env={**os.environ, "RAY_ADDRESS": address}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"amnst run failed: {done.stderr[-1000:]}")
+    return int(done.stderr.strip().splitlines()[-1]) / 1024  # VmHWM is in kB
+
+
+BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
+    "nst": bench_nst, "invert": bench_invert, "pipeline": bench_pipeline}

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 OUTPUT_FORMATS = (".wav", ".flac")
 
 
@@ -53,12 +53,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_nst_options(transfer)
     transfer.set_defaults(command=command_transfer)
 
-    demo = commands.add_parser("demo", help="synthesize example music and ambience and transfer them",
-                               description="Synthesize a piece of music and a rain recording, transfer "
-                                           "the rain onto the music with the default preset, write all three.")
-    demo.add_argument("--output", default="out", help="folder to write into (default: out)")
-    demo.add_argument("--seconds", type=_positive_float, default=12.0, help="length of the music (s)")
-    demo.add_argument("--weights", help="CNN weights (.weights.h5 or .npz); default: seeded random")
+    run = commands.add_parser(
+        "run", help="run a manifest of content/style pairs on Ray",
+        description="Transfer every pair of MANIFEST (CSV, JSONL or Parquet; local or s3://) as Ray tasks, "
+                    "writing OUTPUT/audio/<pair_id>.wav and Parquet metadata under OUTPUT/_amnst/. "
+                    "Joins the cluster at --address or RAY_ADDRESS, else starts a local Ray. Pairs already "
+                    "done with the same inputs and settings are skipped. Exit status: 0 all ok or skipped, "
+                    f"{EXIT_PARTIAL} some pairs failed, {EXIT_INPUT} the run could not start.")
+    run.add_argument("manifest", help="manifest URI")
+    run.add_argument("--output", required=True, help="output prefix: a folder, file:// or s3:// URI")
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--segments-per-task", type=int, default=1, help="segments per optimise task")
+    run.add_argument("--num-gpus-per-task", type=float, default=0.0, help="GPUs per optimise task (fractional ok)")
+    run.add_argument("--num-cpus-per-task", type=float, default=1.0, help="CPUs per task")
+    run.add_argument("--max-in-flight", type=int, default=32, help="most tasks outstanding at once")
+    run.add_argument("--format", choices=("wav", "flac"), default="wav", help="output audio format")
+    add_nst_options(run)
+    run.set_defaults(command=command_run)
+
+    demo = commands.add_parser("demo", help="synthesize example music, ambiences and a manifest",
+                               description="Synthesize two short pieces of music and two ambiences (rain, "
+                                           "a drone) and a manifest pairing them, for `amnst run`.")
+    demo.add_argument("--output", default="out/demo", help="folder to write into (default: out/demo)")
+    demo.add_argument("--seconds", type=_positive_float, default=12.0, help="length of each piece (s)")
     demo.set_defaults(command=command_demo)
 
     weights = commands.add_parser("weights", help="manage CNN weight files")
@@ -74,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure speed against baselines in the same run")
     bench_commands = bench.add_subparsers(required=True, metavar="BENCHMARK")
     for name, helptext in (("nst", "compiled NST step against a seed-faithful eager loop and the matmul rate"),
-                           ("invert", "fast batched inversion against librosa's mel_to_audio")):
+                           ("invert", "fast batched inversion against librosa's mel_to_audio"),
+                           ("pipeline", "Ray's overhead per task and the driver's memory against manifest size")):
         sub = bench_commands.add_parser(name, help=helptext, description=helptext)
         sub.add_argument("--json", help="also write the figures to this file")
         sub.add_argument("--quick", action="store_true", help="fewer repeats (for smoke tests)")
@@ -122,14 +140,53 @@ def command_transfer(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from amnst.config import get_preset
-    from amnst.demo import write_demo_inputs
+    from amnst.demo import write_demo
 
-    folder = Path(args.output)
-    content, style = write_demo_inputs(folder / "demo", args.seconds)
-    print(f"synthesized {content} (music) and {style} (rain)")
-    run_transfer(content, style, folder / "demo" / "output.wav", get_preset("default"), args.weights)
+    manifest = write_demo(Path(args.output), args.seconds)
+    print(f"wrote {manifest}; run it with: amnst run {manifest} --output out")
     return EXIT_OK
+
+
+def command_run(args: argparse.Namespace) -> int:
+    import ray
+
+    from amnst import storage
+    from amnst.manifest import ManifestError
+    from amnst.ray_runner import RunOptions, run_manifest
+
+    preset = preset_from_args(args)
+    try:
+        options = RunOptions(args.output, preset, args.weights, args.segments_per_task,
+                             args.num_gpus_per_task, args.num_cpus_per_task, args.max_in_flight, args.format)
+        storage.check_uri(args.output)
+    except (ValueError, storage.StorageError) as error:
+        raise CommandError(str(error), EXIT_USAGE) from None
+    ray.init(address=args.address, log_to_driver=False, include_dashboard=False,
+             configure_logging=False)
+    try:
+        summary = run_manifest(args.manifest, options, _progress_printer())
+    except (ManifestError, storage.StorageError) as error:
+        raise CommandError(str(error)) from None
+    finally:
+        ray.shutdown()
+    p = summary.progress
+    print(f"run {summary.run_id}: {p.ok} ok, {p.skipped} skipped, {p.failed} failed of {p.pairs_seen} pairs; "
+          f"{p.audio_seconds:.1f} s of audio in {summary.seconds:.1f} s; outputs under {args.output}")
+    return summary.exit_status
+
+
+def _progress_printer() -> Any:
+    """A live progress line: rewritten in place on a terminal, every 10 s otherwise."""
+    interactive = sys.stderr.isatty()
+    last = [0.0]
+
+    def show(progress: Any) -> None:
+        if interactive:
+            print("\r" + progress.line(), end="", file=sys.stderr, flush=True)
+        elif time.monotonic() - last[0] >= 10 or progress.pairs_done == progress.pairs_seen:
+            print(progress.line(), file=sys.stderr, flush=True)
+            last[0] = time.monotonic()
+    return show
 
 
 def run_transfer(content_path: Path, style_path: Path, output: Path, preset: Any,
@@ -139,15 +196,16 @@ def run_transfer(content_path: Path, style_path: Path, output: Path, preset: Any
 
     from amnst import audio, storage
     from amnst.audio import AudioError
-    from amnst.model import WeightsError, load_model, model_id
+    from amnst.model import WeightsError, load_model
     from amnst.nst import StyleTransfer, piece_loss_curve
-    from amnst.pipeline import transfer_pair
+    from amnst.pipeline import Weights, transfer_pair
 
     started = time.perf_counter()
     try:
         content = audio.load(content_path, preset.audio, name=str(content_path))
         style = audio.load(style_path, preset.audio, name=str(style_path))
         model = load_model(weights, seed=preset.nst.seed)
+        model_id = Weights.locate(weights, preset.nst.seed).id
     except (AudioError, WeightsError) as error:
         raise CommandError(str(error)) from None
     loaded = time.perf_counter() - started
@@ -161,13 +219,16 @@ def run_transfer(content_path: Path, style_path: Path, output: Path, preset: Any
                                 progress=lambda done: bar.update(done - bar.n))
 
     clock = time.perf_counter()
-    storage.write_bytes(output, audio.encode(outcome.audio, preset.audio.sample_rate,
-                                             output.suffix.lower().lstrip(".")))
+    try:
+        storage.write_bytes(output, audio.encode(outcome.audio, preset.audio.sample_rate,
+                                                 output.suffix.lower().lstrip(".")))
+    except storage.StorageError as error:
+        raise CommandError(str(error)) from None
     stages = {"load": loaded, **outcome.stage_seconds, "write": time.perf_counter() - clock}
     curve = piece_loss_curve(outcome.result)
     rollbacks = int(outcome.result.rollbacks.sum())
     print(f"wrote {output} ({len(outcome.audio) / preset.audio.sample_rate:.1f} s of audio)")
-    print(f"preset {preset.name}, model {model_id(model)}: loss {curve[0]:.4g} -> {curve[-1]:.4g} "
+    print(f"preset {preset.name}, model {model_id}: loss {curve[0]:.4g} -> {curve[-1]:.4g} "
           f"over {preset.nst.iterations} iterations x {segments} segments"
           + (f", {rollbacks} rollbacks" if rollbacks else ""))
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
@@ -175,13 +236,14 @@ def run_transfer(content_path: Path, style_path: Path, output: Path, preset: Any
 
 
 def command_weights_import(args: argparse.Namespace) -> int:
-    from amnst.model import WeightsError, import_original_weights, model_id
+    from amnst.model import WeightsError, import_original_weights
+    from amnst.pipeline import Weights
 
     try:
         model = import_original_weights(args.original, args.out)
     except WeightsError as error:
         raise CommandError(str(error)) from None
-    print(f"wrote {args.out} (model {model_id(model)}, {model.count_params()} parameters)")
+    print(f"wrote {args.out} (model {Weights.locate(args.out, 0).id}, {model.count_params()} parameters)")
     return EXIT_OK
 
 

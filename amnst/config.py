@@ -172,8 +172,14 @@ class Preset:
                 "nst": dataclasses.asdict(self.nst)}
 
     def fingerprint(self) -> str:
-        """A stable hash of the effective configuration (name excluded)."""
-        body = {"audio": dataclasses.asdict(self.audio), "nst": dataclasses.asdict(self.nst)}
+        """A stable hash of the effective configuration.
+
+        The preset's name and ``segments_per_batch`` (how segments are grouped
+        for execution, not what is computed) are left out.
+        """
+        nst = dataclasses.asdict(self.nst)
+        del nst["segments_per_batch"]
+        body = {"audio": dataclasses.asdict(self.audio), "nst": nst}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,22 +1,35 @@
-"""Example inputs the project makes itself: a short piece of music and an ambience."""
+"""Example inputs the project makes itself: music, ambiences and a manifest pairing them."""
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 from amnst import audio, synth
 from amnst.storage import write_bytes
 
-DEMO_SAMPLE_RATE = 22050
+SAMPLE_RATE = 22050
 
 
-def write_demo_inputs(directory: str | Path, seconds: float = 12.0, seed: int = 7) -> tuple[Path, Path]:
-    """Synthesize ``content.wav`` (chords and melody) and ``style.wav`` (rain) into ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    content = synth.music(seconds, seed=seed, key="D", mode="major", timbre="piano", tempo=96.0)
-    style = synth.rain(min(seconds, 10.0), seed=seed)
-    paths = directory / "content.wav", directory / "style.wav"
-    for path, y in zip(paths, (content, style)):
-        write_bytes(path, audio.encode(y, DEMO_SAMPLE_RATE, "wav"))
-    return paths
+def write_demo(directory: Path, seconds: float = 12.0, seed: int = 7) -> Path:
+    """Synthesize two pieces of music and two ambiences, and ``manifest.csv`` pairing them.
+
+    The manifest names the inputs relative to itself. Returns its path.
+    """
+    sounds = {
+        "piano.wav": synth.music(seconds, seed=seed, key="D", mode="major", timbre="piano", tempo=96.0),
+        "organ.wav": synth.music(seconds, seed=seed + 1, key="A", mode="minor", timbre="organ", tempo=72.0),
+        "rain.wav": synth.rain(min(seconds, 10.0), seed=seed),
+        "drone.wav": synth.drone(min(seconds, 10.0), seed=seed),
+    }
+    for name, y in sounds.items():
+        write_bytes(directory / name, audio.encode(y, SAMPLE_RATE, "wav"))
+    table = io.StringIO()
+    rows = csv.writer(table)
+    rows.writerow(["pair_id", "content", "style"])
+    rows.writerow(["piano-in-rain", "piano.wav", "rain.wav"])
+    rows.writerow(["organ-in-drone", "organ.wav", "drone.wav"])
+    manifest = directory / "manifest.csv"
+    write_bytes(manifest, table.getvalue().encode())
+    return manifest

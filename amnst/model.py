@@ -9,7 +9,6 @@ style layers are chosen by them.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 from pathlib import Path
@@ -131,14 +130,6 @@ def set_weights(model: keras.Model, arrays: list[np.ndarray], source: str) -> No
         if not np.all(np.isfinite(array)):
             raise WeightsError(f"{source}: array {index} holds non-finite values")
     model.set_weights([np.asarray(a, dtype=np.float32) for a in arrays])
-
-
-def model_id(model: keras.Model) -> str:
-    """A content hash of the weights: which network a result was computed with."""
-    digest = hashlib.sha256()
-    for array in model.get_weights():
-        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
-    return digest.hexdigest()[:16]
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):

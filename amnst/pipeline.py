@@ -1,20 +1,33 @@
-"""Runners that compose the stages: analyse, optimise, render.
+"""The stages of a transfer, and the in-process runner that composes them.
 
-The stages are plain functions over arrays; this module's in-process runner
-(``transfer_pair``) is what ``amnst transfer`` and the tests use.
+Stages are plain functions over arrays, bytes and URIs, with no Ray inside:
+``analyse_pair`` (read, hash, decode, segment), ``style_targets_for``,
+``optimise_segments`` and ``render_pair`` (stitch, invert, encode, write).
+``transfer_pair`` runs a pair in this process (``amnst transfer``); the Ray
+runner (``amnst.ray_runner``) runs the same stages as tasks.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from amnst import audio, invert
+from amnst import storage
 from amnst.config import AudioConfig, NSTConfig, Preset
-from amnst.nst import NSTResult, StyleTransfer, optimise_piece
+
+# The stages import TensorFlow and librosa when first called, so that the Ray
+# driver, which only schedules them, stays small and starts fast.
+if TYPE_CHECKING:
+    from amnst.nst import NSTResult, StyleTargets, StyleTransfer
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,8 @@ class PairOutcome:
 
 def analyse(y: np.ndarray, config: AudioConfig) -> Analysis:
     """Mel spectrogram of a validated waveform, cut into segments."""
+    from amnst import audio
+
     mel = audio.mel_spectrogram(y, config)
     return Analysis(audio.segment(mel, config), mel.shape[1], len(y))
 
@@ -49,6 +64,8 @@ def render(segments: np.ndarray, n_frames: int, n_samples: int, audio_config: Au
     Returns ``(waveform (n_samples,), stitched mel (n_mels, n_frames))``; the
     waveform is scaled down only if it would clip.
     """
+    from amnst import audio, invert
+
     # A linearly parameterised target (the seed preset) can step below zero,
     # which no spectrum has.
     mel = np.maximum(audio.stitch(segments, n_frames, audio_config), 0.0)
@@ -68,6 +85,8 @@ def transfer_pair(content: np.ndarray, style: np.ndarray, preset: Preset, transf
     Both inputs are validated mono waveforms at ``preset.audio.sample_rate``.
     ``progress`` receives segment-iterations done.
     """
+    from amnst.nst import optimise_piece
+
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     content_piece = analyse(content, preset.audio)
@@ -84,3 +103,185 @@ def transfer_pair(content: np.ndarray, style: np.ndarray, preset: Preset, transf
                     preset.audio, preset.nst)
     seconds["invert"] = time.perf_counter() - clock
     return PairOutcome(y, mel, result, seconds)
+
+
+# --- the stages as the batch runner runs them --------------------------------
+
+@dataclass(frozen=True)
+class Weights:
+    """Where the CNN's weights come from: a URI (``None``: seeded random) and their id."""
+
+    uri: str | None
+    seed: int
+    id: str
+
+    @classmethod
+    def locate(cls, uri: str | None, seed: int) -> "Weights":
+        """Identify the weights by their bytes' hash (or the seed), without building the CNN."""
+        if uri is None:
+            return cls(None, seed, f"random-seed-{seed}")
+        return cls(uri, seed, "sha256-" + hashlib.sha256(storage.read_bytes(uri)).hexdigest()[:16])
+
+
+@dataclass(frozen=True)
+class PairJob:
+    """One manifest pair as the runner schedules it."""
+
+    pair_id: str
+    row: int
+    content_uri: str
+    style_uri: str
+    preset: Preset
+    output_uri: str
+    # The fingerprint of this pair's last ``ok`` row, if any: resume skips it.
+    done_fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisInfo:
+    """What ``analyse_pair`` learnt; ``status`` is "ready", "skipped" or "failed"."""
+
+    status: str
+    content_sha256: str | None = None
+    style_sha256: str | None = None
+    fingerprint: str | None = None
+    error: str | None = None
+    n_frames: int = 0
+    n_samples: int = 0
+    n_segments: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SegmentsResult:
+    """Optimised segments ``start..start+len`` of a piece and where they ran."""
+
+    start: int
+    result: NSTResult
+    seconds: float
+    node: str = ""
+
+
+def pair_fingerprint(content_sha256: str, style_sha256: str, preset: Preset, weights: Weights,
+                     output_uri: str) -> str:
+    """What a pair's output depends on: inputs' bytes, configuration, network, destination."""
+    body = json.dumps([content_sha256, style_sha256, preset.fingerprint(), weights.id, output_uri])
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+def analyse_pair(job: PairJob, weights: Weights) -> tuple[AnalysisInfo, np.ndarray | None]:
+    """Read and hash both inputs; skip a pair already done, else decode and segment the content.
+
+    Returns the analysis and the content segments ``(n, n_mels, frames)``
+    (``None`` when skipped or failed).
+    """
+    from amnst import audio
+
+    clock = time.perf_counter()
+    try:
+        content_bytes = storage.read_bytes(job.content_uri)
+        style_bytes = storage.read_bytes(job.style_uri)
+    except storage.StorageError as error:
+        return AnalysisInfo("failed", error=str(error), seconds=time.perf_counter() - clock), None
+    hashes = hashlib.sha256(content_bytes).hexdigest(), hashlib.sha256(style_bytes).hexdigest()
+    fingerprint = pair_fingerprint(*hashes, job.preset, weights, job.output_uri)
+    known = dict(content_sha256=hashes[0], style_sha256=hashes[1], fingerprint=fingerprint)
+    if job.done_fingerprint == fingerprint and storage.exists(job.output_uri):
+        return AnalysisInfo("skipped", **known, seconds=time.perf_counter() - clock), None
+    try:
+        content = audio.load(content_bytes, job.preset.audio, name=job.content_uri)
+    except audio.AudioError as error:
+        return AnalysisInfo("failed", **known, error=str(error), seconds=time.perf_counter() - clock), None
+    piece = analyse(content, job.preset.audio)
+    return AnalysisInfo("ready", **known, n_frames=piece.n_frames, n_samples=piece.n_samples,
+                        n_segments=len(piece.segments), seconds=time.perf_counter() - clock), piece.segments
+
+
+_TRANSFERS: dict[tuple[str, NSTConfig], StyleTransfer] = {}
+
+
+def cached_transfer(weights: Weights, config: NSTConfig) -> StyleTransfer:
+    """The compiled NST for these weights and configuration, built once per process."""
+    key = (weights.id, config)
+    if key not in _TRANSFERS:
+        from amnst.model import load_model
+        from amnst.nst import StyleTransfer
+
+        if weights.uri is None:
+            model = load_model(None, seed=weights.seed)
+        else:
+            # Keras loads weights from a file; the URI may be remote.
+            suffix = ".weights.h5" if weights.uri.endswith(".weights.h5") else Path(weights.uri).suffix
+            with tempfile.TemporaryDirectory() as folder:
+                local = Path(folder) / f"weights{suffix}"
+                local.write_bytes(storage.read_bytes(weights.uri))
+                model = load_model(local, seed=weights.seed)
+        _TRANSFERS[key] = StyleTransfer(model, config)
+    return _TRANSFERS[key]
+
+
+def style_targets_for(style_uri: str, preset: Preset, weights: Weights) -> StyleTargets:
+    """Decode a style recording and compute its pooled Gram targets."""
+    from amnst import audio
+
+    y = audio.load(storage.read_bytes(style_uri), preset.audio, name=style_uri)
+    return cached_transfer(weights, preset.nst).style_targets(analyse(y, preset.audio).segments)
+
+
+def optimise_segments(segments: np.ndarray, start: int, stop: int, targets: StyleTargets,
+                      preset: Preset, weights: Weights) -> SegmentsResult:
+    """Optimise segments ``start:stop`` of a piece (their indices seed random starts)."""
+    clock = time.perf_counter()
+    result = cached_transfer(weights, preset.nst).optimise(
+        segments[start:stop], targets, indices=np.arange(start, stop))
+    return SegmentsResult(start, result, time.perf_counter() - clock)
+
+
+def render_pair(job: PairJob, info: AnalysisInfo, parts: list[SegmentsResult],
+                fmt: str = "wav") -> dict[str, Any]:
+    """Stitch, invert, encode and write one pair's output; returns the facts of its row.
+
+    The output is written last, atomically, so a failure leaves no output.
+    The returned dict holds the pair's loss record and per-stage seconds, and
+    ``"segments"``: one dict per segment.
+    """
+    from amnst import audio
+    from amnst.nst import concat_results
+
+    clock = time.perf_counter()
+    parts = sorted(parts, key=lambda part: part.start)
+    result = concat_results([part.result for part in parts])
+    y, _ = render(result.mels, info.n_frames, info.n_samples, job.preset.audio, job.preset.nst)
+    encoded = audio.encode(y, job.preset.audio.sample_rate, fmt)
+    render_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
+    storage.write_bytes(job.output_uri, encoded)
+    write_seconds = time.perf_counter() - clock
+    segments = []
+    for part in parts:
+        for offset in range(len(part.result.mels)):
+            column = part.result.loss[:, offset]
+            segments.append({
+                "segment_index": part.start + offset,
+                "loss_start": float(column[0]), "loss_end": float(column[-1]),
+                "content_loss_end": float(part.result.content_loss[-1, offset]),
+                "style_loss_end": float(part.result.style_loss[-1, offset]),
+                "rollbacks": int(part.result.rollbacks[offset]),
+                "gave_up": bool(part.result.gave_up[offset]),
+                "seconds": part.seconds / len(part.result.mels), "worker_node": part.node,
+            })
+    return {**loss_record(result), "segments": segments,
+            "seconds_optimise": sum(part.seconds for part in parts),
+            "seconds_render": render_seconds, "seconds_write": write_seconds}
+
+
+def loss_record(result: NSTResult) -> dict[str, float | int]:
+    """A piece's losses at the start and end (means over segments) and its rollbacks."""
+    return {
+        "loss_start": float(result.loss[0].mean()), "loss_end": float(result.loss[-1].mean()),
+        "content_loss_start": float(result.content_loss[0].mean()),
+        "content_loss_end": float(result.content_loss[-1].mean()),
+        "style_loss_start": float(result.style_loss[0].mean()),
+        "style_loss_end": float(result.style_loss[-1].mean()),
+        "rollbacks": int(result.rollbacks.sum()),
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,10 @@ import pytest
 
 from amnst import audio, synth
 from amnst.config import get_preset
+
+# Test clusters are private to this process: no token to hand around, no telemetry.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 SEED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "seed" / "GenreClassificationTrainedModelWeights.npy"
 
@@ -35,3 +40,4 @@ def segments_of(y: np.ndarray, preset_name: str, count: int | None = None) -> np
 def write_wav(path: Path, y: np.ndarray, sample_rate: int = 22050) -> Path:
     path.write_bytes(audio.encode(y, sample_rate, "wav"))
     return path
+from tests.s3_server import moto_server, s3_env, s3_bucket  # noqa: F401

@@ -1,0 +1,360 @@
+"""Parquet metadata of runs, pairs and segments.
+
+Layout, under an output URI::
+
+    {output}/_amnst/{table}/date=YYYY-MM-DD/run_id={run_id}/part-{seq:05d}-{uuid8}.parquet
+    {output}/_amnst/runs/date=YYYY-MM-DD/run_id={run_id}/_COMMITTED
+
+``date`` (the UTC day the run started, so a run that crosses midnight stays
+in one folder) and ``run_id`` are hive partition columns. They live in the
+path only, not as columns inside the files: a file can then never disagree
+with its folder, and no reader has to choose between the two. Readers with
+hive partitioning (pyarrow.dataset, pandas, DuckDB, Spark) add them back;
+:func:`read_table` does, as strings. The marker's leading "_" makes those
+readers skip it.
+
+Each Parquet file is written with one atomic put, so a reader sees a whole
+file or none. A run's pair rows are therefore valid records even when its
+driver died before the end; resuming relies on that. ``_COMMITTED`` is written
+last, after the run's row: it marks the runs whose metadata is complete.
+
+Schemas evolve additively: a new column is appended, nullable, and
+``SCHEMA_VERSION`` goes up. :func:`read_table` reads every file with the
+current schema, so older files return nulls for the columns they lack.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import secrets
+import time
+import uuid
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from amnst import storage
+
+SCHEMA_VERSION = 1
+TABLES = ("runs", "pairs", "segments")
+
+COMMIT_MARKER = "_COMMITTED"
+PAIR_STATUSES = ("ok", "failed", "skipped")
+RUN_STATUSES = ("completed", "partial", "failed")
+
+_PARTITIONING = pa.schema([("date", pa.string()), ("run_id", pa.string())])
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def _schema(*fields: tuple[str, pa.DataType] | pa.Field) -> pa.Schema:
+    """A table's schema: version and partition columns first, required, then ``fields``.
+
+    A ``(name, type)`` pair is a nullable column; required ones are given as
+    ``pa.field(..., nullable=False)``.
+    """
+    return pa.schema([
+        pa.field("schema_version", pa.int16(), nullable=False),
+        pa.field("date", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        *fields,
+    ])
+
+
+PAIRS_SCHEMA = _schema(
+    pa.field("pair_id", pa.string(), nullable=False),
+    ("row", pa.int32()),
+    ("content_uri", pa.string()),
+    ("style_uri", pa.string()),
+    ("content_sha256", pa.string()),
+    ("style_sha256", pa.string()),
+    ("fingerprint", pa.string()),
+    ("preset", pa.string()),
+    ("config_json", pa.string()),
+    ("model_id", pa.string()),
+    ("output_uri", pa.string()),
+    pa.field("status", pa.string(), nullable=False),
+    ("error", pa.string()),
+    ("audio_seconds", pa.float64()),
+    ("segments", pa.int32()),
+    ("iterations", pa.int32()),
+    ("loss_start", pa.float64()),
+    ("loss_end", pa.float64()),
+    ("content_loss_start", pa.float64()),
+    ("content_loss_end", pa.float64()),
+    ("style_loss_start", pa.float64()),
+    ("style_loss_end", pa.float64()),
+    ("rollbacks", pa.int32()),
+    ("seconds_analyse", pa.float64()),
+    ("seconds_style", pa.float64()),
+    ("seconds_optimise", pa.float64()),
+    ("seconds_render", pa.float64()),
+    ("seconds_write", pa.float64()),
+    ("seconds_total", pa.float64()),
+    ("worker_node", pa.string()),
+    ("started_at", _TIMESTAMP),
+    ("finished_at", _TIMESTAMP),
+)
+
+SEGMENTS_SCHEMA = _schema(
+    pa.field("pair_id", pa.string(), nullable=False),
+    pa.field("segment_index", pa.int32(), nullable=False),
+    ("loss_start", pa.float64()),
+    ("loss_end", pa.float64()),
+    ("content_loss_end", pa.float64()),
+    ("style_loss_end", pa.float64()),
+    ("rollbacks", pa.int32()),
+    ("gave_up", pa.bool_()),
+    ("seconds", pa.float64()),
+    ("worker_node", pa.string()),
+    ("finished_at", _TIMESTAMP),
+)
+
+RUNS_SCHEMA = _schema(
+    pa.field("status", pa.string(), nullable=False),
+    ("manifest_uri", pa.string()),
+    ("output_uri", pa.string()),
+    ("preset", pa.string()),
+    ("config_json", pa.string()),
+    ("model_id", pa.string()),
+    ("pairs_total", pa.int64()),
+    ("pairs_ok", pa.int64()),
+    ("pairs_failed", pa.int64()),
+    ("pairs_skipped", pa.int64()),
+    ("segments", pa.int64()),
+    ("audio_seconds", pa.float64()),
+    ("seconds", pa.float64()),
+    ("nodes", pa.int32()),
+    ("started_at", _TIMESTAMP),
+    ("finished_at", _TIMESTAMP),
+)
+
+SCHEMAS = {"runs": RUNS_SCHEMA, "pairs": PAIRS_SCHEMA, "segments": SEGMENTS_SCHEMA}
+_STATUSES = {"runs": RUN_STATUSES, "pairs": PAIR_STATUSES}
+
+
+def _file_schema(table: str) -> pa.Schema:
+    """The columns stored inside a table's files: all but the partition columns."""
+    schema = SCHEMAS[table]
+    for name in _PARTITIONING.names:
+        schema = schema.remove(schema.get_field_index(name))
+    return schema
+
+
+_FILE_SCHEMAS = {table: _file_schema(table) for table in TABLES}
+
+
+def new_run_id(now: datetime.datetime) -> str:
+    """A run id that sorts by start time and is unique: ``20261125T172301Z-1a2b3c``."""
+    return f"{_utc(now, 'now'):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def run_partition(output_uri: str, table: str, run_id: str, date: datetime.date) -> str:
+    """The folder URI holding one run's files of ``table``; ``date`` is the run's UTC start day."""
+    _check_table(table)
+    _check_run_id(run_id)
+    return storage.join(output_uri, "_amnst", table, f"date={date:%Y-%m-%d}", f"run_id={run_id}")
+
+
+class MetadataWriter:
+    """Buffers one run's pair and segment rows and writes them as Parquet files.
+
+    Rows are validated as they are added, so a bad row raises at its caller and
+    never blocks a later flush. A flush writes each table's buffered rows as one
+    file; it happens when any table holds ``flush_rows`` rows, or when the
+    oldest buffered row has waited ``flush_seconds`` (checked as rows are
+    added, there is no background thread). ``commit`` ends the run.
+
+    Rows are dicts keyed by column name; missing columns are null. The
+    writer fills ``schema_version``, ``date`` and ``run_id``; a row may repeat
+    them only with the same values. Not thread-safe: the driver owns it.
+    """
+
+    def __init__(self, output_uri: str, run_id: str, started_at: datetime.datetime,
+                 flush_rows: int = 200, flush_seconds: float = 30.0) -> None:
+        _check_run_id(run_id)
+        if flush_rows < 1 or flush_seconds < 0:
+            raise ValueError(f"flush_rows must be >= 1 and flush_seconds >= 0, "
+                             f"got {flush_rows} and {flush_seconds}")
+        self.output_uri = output_uri
+        self.run_id = run_id
+        self.started_at = _utc(started_at, "started_at")
+        self.date = self.started_at.date()
+        self.flush_rows = flush_rows
+        self.flush_seconds = flush_seconds
+        self._fixed = {"schema_version": SCHEMA_VERSION, "date": f"{self.date:%Y-%m-%d}",
+                       "run_id": run_id}
+        self._buffers: dict[str, list[pa.Table]] = {"pairs": [], "segments": []}
+        self._oldest: float | None = None
+        self._seq = 0
+        self._committed = False
+
+    def add_pair(self, row: dict) -> None:
+        """Buffer one pair's row (status ``ok``, ``failed`` or ``skipped``)."""
+        self._add("pairs", [row])
+
+    def add_segments(self, rows: list[dict]) -> None:
+        """Buffer segment rows, usually all of one pair's."""
+        self._add("segments", rows)
+
+    def flush(self) -> None:
+        """Write each table's buffered rows as one Parquet file, atomically."""
+        for table, buffered in self._buffers.items():
+            if buffered:
+                self._write(table, pa.concat_tables(buffered))
+                # Cleared per table only once written: if a later table's write
+                # fails, retrying the flush does not write these rows twice.
+                buffered.clear()
+        self._oldest = None
+
+    def commit(self, run_row: dict) -> None:
+        """Flush, write the run's row, then the commit marker, last.
+
+        ``started_at`` defaults to the writer's. After a commit the writer
+        accepts no more rows.
+        """
+        self._check_open()
+        self.flush()
+        self._write("runs", self._validate("runs", [{"started_at": self.started_at, **run_row}]))
+        marker = storage.join(run_partition(self.output_uri, "runs", self.run_id, self.date),
+                              COMMIT_MARKER)
+        storage.write_bytes(marker, b"")
+        self._committed = True
+
+    def _add(self, table: str, rows: list[dict]) -> None:
+        self._check_open()
+        if not rows:
+            return
+        self._buffers[table].append(self._validate(table, rows))
+        now = time.monotonic()
+        if self._oldest is None:
+            self._oldest = now
+        fullest = max(sum(part.num_rows for part in parts) for parts in self._buffers.values())
+        if fullest >= self.flush_rows or now - self._oldest >= self.flush_seconds:
+            self.flush()
+
+    def _validate(self, table: str, rows: list[dict]) -> pa.Table:
+        """Rows as an Arrow table of the file schema; raises ``ValueError`` on a bad row."""
+        for row in rows:
+            _check_row(table, row, self._fixed)
+        # Converting now, not at flush, makes a wrongly typed value raise here.
+        return pa.Table.from_pylist([{**row, **self._fixed} for row in rows],
+                                    schema=_FILE_SCHEMAS[table])
+
+    def _write(self, table: str, data: pa.Table) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(data, sink)
+        self._seq += 1
+        name = f"part-{self._seq:05d}-{uuid.uuid4().hex[:8]}.parquet"
+        # A unique name, not if_absent: a retried put of the same bytes is harmless.
+        storage.write_bytes(storage.join(run_partition(self.output_uri, table, self.run_id,
+                                                       self.date), name),
+                            sink.getvalue().to_pybytes())
+
+    def _check_open(self) -> None:
+        if self._committed:
+            raise RuntimeError(f"run {self.run_id} is already committed")
+
+
+def read_table(output_uri: str, table: str, committed_only: bool = False) -> pa.Table:
+    """All rows of ``table`` under ``output_uri``, with the current schema.
+
+    Files written with an older schema return nulls for the columns they lack.
+    ``date`` and ``run_id`` come from the partition folders. With
+    ``committed_only``, only runs that wrote their commit marker are read.
+    """
+    dataset = _dataset(output_uri, table)
+    selected = None
+    if committed_only:
+        selected = ds.field("run_id").isin(sorted(_committed_run_ids(output_uri)))
+    return dataset.to_table(filter=selected)
+
+
+def latest_pair_status(output_uri: str) -> dict[str, tuple[str, str | None]]:
+    """``pair_id -> (status, fingerprint)`` of each pair's newest row, across all runs.
+
+    Uncommitted runs count: their rows were each written whole. The newest row
+    is the one with the latest ``finished_at``; ties go to the later run id.
+    """
+    rows = _dataset(output_uri, "pairs").to_table(
+        columns=["pair_id", "status", "fingerprint", "finished_at", "run_id"])
+    # Oldest first: building the dict keeps each pair's last, so newest, row.
+    rows = rows.sort_by([("finished_at", "ascending", "at_start"),
+                         ("run_id", "ascending", "at_start")])
+    outcomes = zip(rows["status"].to_pylist(), rows["fingerprint"].to_pylist())
+    return dict(zip(rows["pair_id"].to_pylist(), outcomes))
+
+
+def _dataset(output_uri: str, table: str) -> ds.Dataset:
+    """A table's Parquet files as one dataset with the current schema and hive partitioning."""
+    _check_table(table)
+    schema = SCHEMAS[table]
+    fs, base = storage.filesystem(storage.join(output_uri, "_amnst", table))
+    # Listing the data files ourselves, rather than letting pyarrow discover
+    # them, keeps out markers and in-flight temporary files however named.
+    paths = [info.path for info in _list_files(fs, base)
+             if info.base_name.endswith(".parquet") and not info.base_name.startswith(("_", "."))]
+    # The explicit schema is what unifies files of older schema versions.
+    return ds.dataset(paths, schema=schema, format="parquet", filesystem=fs,
+                      partitioning=ds.partitioning(_PARTITIONING, flavor="hive"),
+                      partition_base_dir=base)
+
+
+def _committed_run_ids(output_uri: str) -> set[str]:
+    fs, base = storage.filesystem(storage.join(output_uri, "_amnst", "runs"))
+    return {_partition_value(info.path, "run_id") for info in _list_files(fs, base)
+            if info.base_name == COMMIT_MARKER}
+
+
+def _list_files(fs: pafs.FileSystem, base: str) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
+    return [info for info in fs.get_file_info(selector) if info.type == pafs.FileType.File]
+
+
+def _partition_value(path: str, key: str) -> str:
+    for part in path.split("/"):
+        if part.startswith(f"{key}="):
+            return part[len(key) + 1:]
+    raise ValueError(f"no {key}= folder in {path}")
+
+
+def _check_row(table: str, row: dict, fixed: dict) -> None:
+    schema = SCHEMAS[table]
+    unknown = sorted(set(row) - set(schema.names))
+    if unknown:
+        raise ValueError(f"unknown {table} column(s): {', '.join(unknown)}")
+    for name, value in fixed.items():
+        if name in row and row[name] != value:
+            raise ValueError(f"{table} row has {name}={row[name]!r}, but this writer writes {value!r}")
+    for field in _FILE_SCHEMAS[table]:
+        value = row.get(field.name)
+        if value is None and not field.nullable and field.name not in fixed:
+            raise ValueError(f"{table} row lacks required column {field.name}")
+        if field.type == _TIMESTAMP and isinstance(value, datetime.datetime):
+            _utc(value, field.name)
+    allowed = _STATUSES.get(table)
+    if allowed and row["status"] not in allowed:
+        raise ValueError(f"{table} status must be one of {', '.join(allowed)}, got {row['status']!r}")
+
+
+def _utc(moment: datetime.datetime, name: str) -> datetime.datetime:
+    # A naive datetime could be local or UTC time; guessing would shift the
+    # record by hours, so it is refused.
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware, got {moment!r}")
+    return moment.astimezone(datetime.timezone.utc)
+
+
+def _check_table(table: str) -> None:
+    if table not in TABLES:
+        raise ValueError(f"table must be one of {', '.join(TABLES)}, got {table!r}")
+
+
+def _check_run_id(run_id: str) -> None:
+    # The id becomes a folder name: no separators, and no leading "_" or "."
+    # that readers would skip as hidden.
+    if not _RUN_ID.fullmatch(run_id):
+        raise ValueError(f"run_id must match {_RUN_ID.pattern}, got {run_id!r}")

@@ -1,0 +1,350 @@
+"""The Ray runner: a manifest's pairs as tasks over a cluster.
+
+Per pair: ``analyse`` (CPU: read, hash, decode, segment) yields the content
+segments; ``optimise`` tasks (GPU when asked, one per ``segments_per_task``
+segments) share the style's Gram targets, computed once per distinct style
+by a ``style`` task; ``render`` (CPU) stitches, inverts, encodes and writes.
+The driver streams the manifest, keeps at most ``max_in_flight`` tasks
+outstanding, consumes results in completion order and records every pair.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import ray
+
+from amnst import metadata, storage
+from amnst.config import Preset
+from amnst.manifest import Pair, RowError, read_manifest
+from amnst.pipeline import (AnalysisInfo, PairJob, SegmentsResult, Weights, analyse_pair,
+                            optimise_segments, render_pair, style_targets_for)
+
+EXIT_OK, EXIT_PARTIAL = 0, 3
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a batch runs; ``preset`` is the base that manifest rows override."""
+
+    output: str
+    preset: Preset
+    weights: str | None = None
+    segments_per_task: int = 1
+    num_gpus_per_task: float = 0.0
+    num_cpus_per_task: float = 1.0
+    max_in_flight: int = 32
+    output_format: str = "wav"
+    # Tasks retried after a worker or node dies; input errors are never retried.
+    max_retries: int = 3
+    metadata_flush_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.segments_per_task < 1:
+            raise ValueError(f"segments_per_task={self.segments_per_task} must be >= 1")
+        if self.max_in_flight < 2:
+            raise ValueError(f"max_in_flight={self.max_in_flight} must be >= 2")
+        if self.num_gpus_per_task < 0 or self.num_cpus_per_task <= 0:
+            raise ValueError("num_gpus_per_task must be >= 0 and num_cpus_per_task > 0")
+        if self.output_format not in ("wav", "flac"):
+            raise ValueError(f"output_format={self.output_format!r} must be wav or flac")
+
+
+@dataclass
+class Progress:
+    """Counters of a run, for the live progress line and the run row."""
+
+    pairs_seen: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    segments_total: int = 0
+    segments_done: int = 0
+    in_flight: int = 0
+    audio_seconds: float = 0.0
+
+    @property
+    def pairs_done(self) -> int:
+        return self.ok + self.failed + self.skipped
+
+    def line(self) -> str:
+        return (f"pairs {self.pairs_done}/{self.pairs_seen} done ({self.ok} ok, {self.skipped} skipped, "
+                f"{self.failed} failed) | segments {self.segments_done}/{self.segments_total} "
+                f"| in flight {self.in_flight}")
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    progress: Progress
+    seconds: float
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_PARTIAL if self.progress.failed else EXIT_OK
+
+
+# --- tasks -------------------------------------------------------------------
+# max_calls=0: worker processes are reused, so TensorFlow is imported and the
+# compiled step built once per process (GPU tasks default to max_calls=1).
+
+def _node() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+@ray.remote(num_returns=2, max_calls=0)
+def _analyse(job: PairJob, weights: Weights) -> tuple[AnalysisInfo, Any]:
+    return analyse_pair(job, weights)
+
+
+@ray.remote(max_calls=0)
+def _style(style_uri: str, preset: Preset, weights: Weights) -> Any:
+    return style_targets_for(style_uri, preset, weights)
+
+
+@ray.remote(max_calls=0)
+def _optimise(segments: Any, start: int, stop: int, targets: Any, preset: Preset,
+              weights: Weights) -> SegmentsResult:
+    result = optimise_segments(segments, start, stop, targets, preset, weights)
+    return dataclasses.replace(result, node=_node())
+
+
+@ray.remote(max_calls=0)
+def _render(job: PairJob, info: AnalysisInfo, fmt: str, *parts: SegmentsResult) -> dict[str, Any]:
+    return {**render_pair(job, info, list(parts), fmt), "worker_node": _node()}
+
+
+# --- the driver ----------------------------------------------------------------
+
+@dataclass
+class _PairState:
+    job: PairJob
+    started_at: datetime
+    info: AnalysisInfo | None = None
+    segments_ref: Any = None
+    style_key: tuple | None = None
+
+
+@dataclass
+class _Driver:
+    options: RunOptions
+    weights: Weights
+    writer: metadata.MetadataWriter
+    run_id: str
+    progress: Progress = field(default_factory=Progress)
+    # ref -> (task kind, its pair, segments it covers)
+    pending: dict[Any, tuple[str, _PairState, int]] = field(default_factory=dict)
+    queued: collections.deque = field(default_factory=collections.deque)
+    styles: dict[tuple, list] = field(default_factory=dict)
+
+    def resources(self, gpu: bool) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.options.num_cpus_per_task,
+                                   "max_retries": self.options.max_retries}
+        if gpu and self.options.num_gpus_per_task:
+            options["num_gpus"] = self.options.num_gpus_per_task
+        return options
+
+    # submission
+
+    def submit_pair(self, job: PairJob) -> None:
+        state = _PairState(job, datetime.now(timezone.utc))
+        info_ref, segments_ref = _analyse.options(**self.resources(gpu=False)).remote(job, self.weights)
+        self.pending[info_ref] = ("analyse", state, 0)
+        state.segments_ref = segments_ref
+
+    def plan_optimisation(self, state: _PairState) -> None:
+        """Queue a ready pair's optimise tasks, then its render task."""
+        job, info = state.job, state.info
+        preset = job.preset
+        state.style_key = (info.style_sha256, preset.fingerprint(), self.weights.id)
+        if state.style_key not in self.styles:
+            ref = _style.options(**self.resources(gpu=True)).remote(job.style_uri, preset, self.weights)
+            self.styles[state.style_key] = [ref, 0]
+            self.pending[ref] = ("style", state, 0)
+        style = self.styles[state.style_key]
+        style[1] += 1
+        width = info.n_segments if preset.nst.couples_segments else self.options.segments_per_task
+        part_refs = []
+        for start in range(0, info.n_segments, width):
+            stop = min(start + width, info.n_segments)
+
+            def submit(start: int = start, stop: int = stop) -> None:
+                ref = _optimise.options(**self.resources(gpu=True)).remote(
+                    state.segments_ref, start, stop, style[0], preset, self.weights)
+                part_refs.append(ref)
+                self.pending[ref] = ("optimise", state, stop - start)
+            self.queued.append(submit)
+
+        def submit_render() -> None:
+            ref = _render.options(**self.resources(gpu=False)).remote(
+                job, info, self.options.output_format, *part_refs)
+            self.pending[ref] = ("render", state, 0)
+            state.segments_ref = None  # the optimise tasks hold it now
+        self.queued.append(submit_render)
+        self.progress.segments_total += info.n_segments
+
+    # completion
+
+    def handle(self, ref: Any) -> None:
+        kind, state, segments = self.pending.pop(ref)
+        if kind == "analyse":
+            self.on_analysed(state, ref)
+        elif kind == "optimise":
+            # Counted without fetching the result: the render task reports failures.
+            self.progress.segments_done += segments
+        elif kind == "render":
+            self.on_rendered(state, ref)
+
+    def on_analysed(self, state: _PairState, ref: Any) -> None:
+        try:
+            state.info = ray.get(ref)
+        except ray.exceptions.RayError as error:
+            self.record(state, "failed", error=_reason(error))
+            return
+        if state.info.status == "ready":
+            self.plan_optimisation(state)
+        else:
+            self.record(state, state.info.status, error=state.info.error)
+
+    def on_rendered(self, state: _PairState, ref: Any) -> None:
+        style = self.styles[state.style_key]
+        style[1] -= 1
+        if style[1] == 0:  # no pair in flight needs these targets any more
+            del self.styles[state.style_key]
+        try:
+            rendered = ray.get(ref)
+        except ray.exceptions.RayError as error:
+            self.record(state, "failed", error=_reason(error))
+            return
+        self.progress.audio_seconds += state.info.n_samples / state.job.preset.audio.sample_rate
+        self.record(state, "ok", rendered=rendered)
+
+    def record(self, state: _PairState, status: str, error: str | None = None,
+               rendered: dict[str, Any] | None = None) -> None:
+        job, info = state.job, state.info
+        setattr(self.progress, status, getattr(self.progress, status) + 1)
+        row = {
+            "run_id": self.run_id, "pair_id": job.pair_id, "row": job.row,
+            "content_uri": job.content_uri, "style_uri": job.style_uri,
+            "preset": job.preset.name, "config_json": _config_json(job.preset),
+            "model_id": self.weights.id, "output_uri": job.output_uri if status != "failed" else None,
+            "status": status, "error": error, "iterations": job.preset.nst.iterations,
+            "started_at": state.started_at, "finished_at": datetime.now(timezone.utc),
+        }
+        if info is not None:
+            row.update(content_sha256=info.content_sha256, style_sha256=info.style_sha256,
+                       fingerprint=info.fingerprint, seconds_analyse=info.seconds)
+            if info.n_samples:
+                row.update(audio_seconds=info.n_samples / job.preset.audio.sample_rate,
+                           segments=info.n_segments)
+        if rendered is not None:
+            segments = rendered.pop("segments")
+            row.update(rendered)
+            row["seconds_total"] = (row["finished_at"] - state.started_at).total_seconds()
+            self.writer.add_segments([{**s, "run_id": self.run_id, "pair_id": job.pair_id,
+                                       "finished_at": row["finished_at"]} for s in segments])
+        self.writer.add_pair(row)
+
+
+def run_manifest(manifest_uri: str, options: RunOptions,
+                 on_progress: Callable[[Progress], None] | None = None) -> RunSummary:
+    """Run every pair of a manifest on the connected Ray cluster; record each one.
+
+    Pairs already done with the same fingerprint are skipped (resume). Bad rows
+    and bad inputs fail their pair only. Raises ManifestError if the manifest
+    itself cannot be read.
+    """
+    clock = time.perf_counter()
+    started_at = datetime.now(timezone.utc)
+    run_id = metadata.new_run_id(started_at)
+    weights = Weights.locate(options.weights, options.preset.nst.seed)
+    done = {pair_id: fingerprint for pair_id, (status, fingerprint)
+            in metadata.latest_pair_status(options.output).items() if status in ("ok", "skipped")}
+    writer = metadata.MetadataWriter(options.output, run_id, started_at,
+                                     flush_seconds=options.metadata_flush_seconds)
+    driver = _Driver(options, weights, writer, run_id)
+    rows = _jobs(read_manifest(manifest_uri, options.preset), options, done)
+    exhausted = False
+    last_report = 0.0
+    while True:
+        while driver.queued and len(driver.pending) < options.max_in_flight:
+            driver.queued.popleft()()
+        while not exhausted and not driver.queued and len(driver.pending) < options.max_in_flight:
+            item = next(rows, None)
+            if item is None:
+                exhausted = True
+            elif isinstance(item, RowError):
+                driver.progress.pairs_seen += 1
+                _record_bad_row(driver, item)
+            else:
+                driver.progress.pairs_seen += 1
+                driver.submit_pair(item)
+        if exhausted and not driver.pending and not driver.queued:
+            break
+        ready, _ = ray.wait(list(driver.pending), num_returns=1, timeout=1.0, fetch_local=False)
+        for ref in ready:
+            driver.handle(ref)
+        driver.progress.in_flight = len(driver.pending)
+        if on_progress is not None and time.monotonic() - last_report >= 0.5:
+            on_progress(driver.progress)
+            last_report = time.monotonic()
+    if on_progress is not None:
+        on_progress(driver.progress)
+    summary = RunSummary(run_id, driver.progress, time.perf_counter() - clock)
+    writer.commit(_run_row(summary, manifest_uri, options, weights, started_at))
+    return summary
+
+
+def _jobs(items: Iterator[Pair | RowError], options: RunOptions,
+          done: dict[str, str]) -> Iterator[PairJob | RowError]:
+    for item in items:
+        if isinstance(item, RowError):
+            yield item
+            continue
+        output_uri = storage.join(options.output, "audio", f"{item.pair_id}.{options.output_format}")
+        yield PairJob(item.pair_id, item.row, item.content, item.style, item.preset, output_uri,
+                      done.get(item.pair_id))
+
+
+def _record_bad_row(driver: _Driver, error: RowError) -> None:
+    driver.progress.failed += 1
+    now = datetime.now(timezone.utc)
+    driver.writer.add_pair({"run_id": driver.run_id, "pair_id": error.pair_id or f"row-{error.row}",
+                            "row": error.row, "status": "failed", "error": error.reason,
+                            "model_id": driver.weights.id, "started_at": now, "finished_at": now})
+
+
+def _run_row(summary: RunSummary, manifest_uri: str, options: RunOptions, weights: Weights,
+             started_at: datetime) -> dict[str, Any]:
+    progress = summary.progress
+    status = "completed" if not progress.failed else ("failed" if not progress.ok + progress.skipped
+                                                      else "partial")
+    return {"run_id": summary.run_id, "status": status, "manifest_uri": manifest_uri,
+            "output_uri": options.output, "preset": options.preset.name,
+            "config_json": _config_json(options.preset), "model_id": weights.id,
+            "pairs_total": progress.pairs_seen, "pairs_ok": progress.ok,
+            "pairs_failed": progress.failed, "pairs_skipped": progress.skipped,
+            "segments": progress.segments_done, "audio_seconds": progress.audio_seconds,
+            "seconds": summary.seconds, "nodes": len([n for n in ray.nodes() if n["Alive"]]),
+            "started_at": started_at, "finished_at": datetime.now(timezone.utc)}
+
+
+def _config_json(preset: Preset) -> str:
+    import json
+
+    return json.dumps(preset.to_dict(), sort_keys=True)
+
+
+def _reason(error: ray.exceptions.RayError) -> str:
+    """One line: the cause of a task failure (an input error's own message)."""
+    cause = getattr(error, "cause", None)
+    if isinstance(error, ray.exceptions.RayTaskError) and cause is not None:
+        return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+
