@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-cpus-per-task", type=float, default=1.0, help="CPUs per task")
     run.add_argument("--max-in-flight", type=int, default=32, help="most tasks outstanding at once")
     run.add_argument("--format", choices=("wav", "flac"), default="wav", help="output audio format")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port while running")
+    run.add_argument("--pushgateway", help="push the batch's outcome to this Pushgateway (host:port or URL)")
+    run.add_argument("--metrics-job", default="amnst_batch", help="Pushgateway job name (default: amnst_batch)")
     add_nst_options(run)
     run.set_defaults(command=command_run)
 
@@ -150,7 +153,7 @@ def command_demo(args: argparse.Namespace) -> int:
 def command_run(args: argparse.Namespace) -> int:
     import ray
 
-    from amnst import storage
+    from amnst import metrics, storage
     from amnst.manifest import ManifestError
     from amnst.ray_runner import RunOptions, run_manifest
 
@@ -161,6 +164,8 @@ def command_run(args: argparse.Namespace) -> int:
         storage.check_uri(args.output)
     except (ValueError, storage.StorageError) as error:
         raise CommandError(str(error), EXIT_USAGE) from None
+    if args.metrics_port is not None:
+        metrics.serve(args.metrics_port)
     ray.init(address=args.address, log_to_driver=False, include_dashboard=False,
              configure_logging=False)
     try:
@@ -170,6 +175,9 @@ def command_run(args: argparse.Namespace) -> int:
     finally:
         ray.shutdown()
     p = summary.progress
+    if args.pushgateway:
+        metrics.push_batch_outcome(args.pushgateway, args.metrics_job, p.ok, p.failed, p.skipped,
+                                   summary.seconds)
     print(f"run {summary.run_id}: {p.ok} ok, {p.skipped} skipped, {p.failed} failed of {p.pairs_seen} pairs; "
           f"{p.audio_seconds:.1f} s of audio in {summary.seconds:.1f} s; outputs under {args.output}")
     return summary.exit_status

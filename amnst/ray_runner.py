@@ -20,7 +20,7 @@ from typing import Any
 
 import ray
 
-from amnst import metadata, storage
+from amnst import metadata, metrics, storage
 from amnst.config import Preset
 from amnst.manifest import Pair, RowError, read_manifest
 from amnst.pipeline import (AnalysisInfo, PairJob, SegmentsResult, Weights, analyse_pair,
@@ -100,11 +100,13 @@ def _node() -> str:
 
 @ray.remote(num_returns=2, max_calls=0)
 def _analyse(job: PairJob, weights: Weights) -> tuple[AnalysisInfo, Any]:
+    metrics.worker_metrics()
     return analyse_pair(job, weights)
 
 
 @ray.remote(max_calls=0)
 def _style(style_uri: str, preset: Preset, weights: Weights) -> Any:
+    metrics.worker_metrics()
     return style_targets_for(style_uri, preset, weights)
 
 
@@ -112,11 +114,13 @@ def _style(style_uri: str, preset: Preset, weights: Weights) -> Any:
 def _optimise(segments: Any, start: int, stop: int, targets: Any, preset: Preset,
               weights: Weights) -> SegmentsResult:
     result = optimise_segments(segments, start, stop, targets, preset, weights)
+    metrics.worker_metrics()["amnst_worker_nst_iterations"].inc((stop - start) * preset.nst.iterations)
     return dataclasses.replace(result, node=_node())
 
 
 @ray.remote(max_calls=0)
 def _render(job: PairJob, info: AnalysisInfo, fmt: str, *parts: SegmentsResult) -> dict[str, Any]:
+    metrics.worker_metrics()
     return {**render_pair(job, info, list(parts), fmt), "worker_node": _node()}
 
 
@@ -229,6 +233,7 @@ class _Driver:
                rendered: dict[str, Any] | None = None) -> None:
         job, info = state.job, state.info
         setattr(self.progress, status, getattr(self.progress, status) + 1)
+        metrics.PAIRS.labels(status).inc()
         row = {
             "run_id": self.run_id, "pair_id": job.pair_id, "row": job.row,
             "content_uri": job.content_uri, "style_uri": job.style_uri,
@@ -247,6 +252,7 @@ class _Driver:
             segments = rendered.pop("segments")
             row.update(rendered)
             row["seconds_total"] = (row["finished_at"] - state.started_at).total_seconds()
+            _count_work(row)
             self.writer.add_segments([{**s, "run_id": self.run_id, "pair_id": job.pair_id,
                                        "finished_at": row["finished_at"]} for s in segments])
         self.writer.add_pair(row)
@@ -263,6 +269,7 @@ def run_manifest(manifest_uri: str, options: RunOptions,
     clock = time.perf_counter()
     started_at = datetime.now(timezone.utc)
     run_id = metadata.new_run_id(started_at)
+    metrics.observe_driver_storage()
     weights = Weights.locate(options.weights, options.preset.nst.seed)
     done = {pair_id: fingerprint for pair_id, (status, fingerprint)
             in metadata.latest_pair_status(options.output).items() if status in ("ok", "skipped")}
@@ -291,6 +298,7 @@ def run_manifest(manifest_uri: str, options: RunOptions,
         for ref in ready:
             driver.handle(ref)
         driver.progress.in_flight = len(driver.pending)
+        metrics.TASKS_IN_FLIGHT.set(len(driver.pending))
         if on_progress is not None and time.monotonic() - last_report >= 0.5:
             on_progress(driver.progress)
             last_report = time.monotonic()
@@ -299,6 +307,15 @@ def run_manifest(manifest_uri: str, options: RunOptions,
     summary = RunSummary(run_id, driver.progress, time.perf_counter() - clock)
     writer.commit(_run_row(summary, manifest_uri, options, weights, started_at))
     return summary
+
+
+def _count_work(row: dict[str, Any]) -> None:
+    """A finished pair's work in the driver's metrics."""
+    metrics.SEGMENTS.inc(row["segments"])
+    metrics.NST_ITERATIONS.inc(row["segments"] * row["iterations"])
+    metrics.AUDIO_SECONDS.inc(row["audio_seconds"])
+    for stage in ("analyse", "optimise", "render", "write", "total"):
+        metrics.STAGE_SECONDS.labels(stage).observe(row[f"seconds_{stage}"])
 
 
 def _jobs(items: Iterator[Pair | RowError], options: RunOptions,

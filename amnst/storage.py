@@ -21,7 +21,7 @@ import os
 import posixpath
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +153,30 @@ def join(prefix: _UriLike, *parts: str) -> str:
     return _Location("s3", f"{head}/{tail}" if head else tail, location.bucket).uri
 
 
+# Hears of every read and write: (operation, bytes moved, failed). amnst.metrics
+# sets it to the metrics of the process it runs in.
+observer: Callable[[str, int, bool], None] | None = None
+
+
+def _observed(operation: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Report a read or write (bytes moved, or a failure) to :data:`observer`."""
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def observed(uri: _UriLike, *args: Any, **kwargs: Any) -> Any:
+            try:
+                result = function(uri, *args, **kwargs)
+            except StorageError:
+                if observer is not None:
+                    observer(operation, 0, True)
+                raise
+            if observer is not None:
+                observer(operation, len(result if operation == "read" else args[0]), False)
+            return result
+        return observed
+    return decorate
+
+
+@_observed("read")
 def read_bytes(uri: _UriLike) -> bytes:
     """The whole content of the object or file at ``uri``."""
     location = _parse(uri, key_required=True)
@@ -164,6 +188,7 @@ def read_bytes(uri: _UriLike) -> bytes:
         return Path(location.path).read_bytes()
 
 
+@_observed("write")
 def write_bytes(uri: _UriLike, data: bytes, *, if_absent: bool = False) -> None:
     """Write ``data`` to ``uri`` atomically, creating parent folders.
 

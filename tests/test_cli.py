@@ -98,8 +98,8 @@ def test_bad_output_name_and_missing_weights(inputs, tmp_path, capsys):
     assert not (tmp_path / "o.wav").exists()
 
 
-@pytest.mark.parametrize("command", [[], ["transfer"], ["demo"], ["weights"], ["weights", "import"],
-                                     ["bench"], ["bench", "nst"], ["bench", "invert"]])
+@pytest.mark.parametrize("command", [[], ["transfer"], ["run"], ["demo"], ["weights"], ["weights", "import"],
+                                     ["bench"], ["bench", "nst"], ["bench", "invert"], ["bench", "pipeline"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([*command, "--help"])
