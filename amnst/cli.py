@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_nst_options(transfer)
     transfer.set_defaults(command=command_transfer)
 
+    assess = commands.add_parser(
+        "assess", help="measure an output's quality against its content and style",
+        description="Print the quality measures of amnst.quality (content preservation, style match, "
+                    "noise, peak) of OUTPUT against CONTENT and STYLE, as JSON.")
+    assess.add_argument("output")
+    assess.add_argument("content")
+    assess.add_argument("style")
+    assess.set_defaults(command=command_assess)
+
     run = commands.add_parser(
         "run", help="run a manifest of content/style pairs on Ray",
         description="Transfer every pair of MANIFEST (CSV, JSONL or Parquet; local or s3://) as Ray tasks, "
@@ -241,6 +250,19 @@ def run_transfer(content_path: Path, style_path: Path, output: Path, preset: Any
           + (f", {rollbacks} rollbacks" if rollbacks else ""))
     print("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
           + f", total {time.perf_counter() - started:.2f}")
+
+
+def command_assess(args: argparse.Namespace) -> int:
+    from amnst import audio, quality
+    from amnst.config import get_preset
+
+    config = get_preset("default").audio
+    try:
+        signals = [audio.load(Path(path), config, name=path) for path in (args.output, args.content, args.style)]
+    except audio.AudioError as error:
+        raise CommandError(str(error)) from None
+    print(json.dumps(quality.assess(*signals, config), indent=2))
+    return EXIT_OK
 
 
 def command_weights_import(args: argparse.Namespace) -> int:

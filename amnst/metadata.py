@@ -38,7 +38,10 @@ import pyarrow.parquet as pq
 
 from amnst import storage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# The output's quality measures in a pair row, as amnst.quality.assess names them.
+QUALITY_COLUMNS = ("chroma_similarity", "onset_correlation", "mfcc_distance", "mfcc_progress",
+                   "gram_distance", "gram_progress", "spectral_convergence", "noise_ratio", "peak")
 TABLES = ("runs", "pairs", "segments")
 
 COMMIT_MARKER = "_COMMITTED"
@@ -94,9 +97,12 @@ PAIRS_SCHEMA = _schema(
     ("seconds_render", pa.float64()),
     ("seconds_write", pa.float64()),
     ("seconds_total", pa.float64()),
+    ("seconds_quality", pa.float64()),
     ("worker_node", pa.string()),
     ("started_at", _TIMESTAMP),
     ("finished_at", _TIMESTAMP),
+    # Schema version 2: the output's quality measures (amnst.quality).
+    *((name, pa.float64()) for name in QUALITY_COLUMNS),
 )
 
 SEGMENTS_SCHEMA = _schema(

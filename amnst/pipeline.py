@@ -242,18 +242,24 @@ def render_pair(job: PairJob, info: AnalysisInfo, parts: list[SegmentsResult],
     """Stitch, invert, encode and write one pair's output; returns the facts of its row.
 
     The output is written last, atomically, so a failure leaves no output.
-    The returned dict holds the pair's loss record and per-stage seconds, and
-    ``"segments"``: one dict per segment.
+    The returned dict holds the pair's loss record, its quality measures
+    (``amnst.quality``, measured against the decoded inputs), per-stage
+    seconds, and ``"segments"``: one dict per segment.
     """
-    from amnst import audio
+    from amnst import audio, quality
     from amnst.nst import concat_results
 
     clock = time.perf_counter()
     parts = sorted(parts, key=lambda part: part.start)
     result = concat_results([part.result for part in parts])
-    y, _ = render(result.mels, info.n_frames, info.n_samples, job.preset.audio, job.preset.nst)
+    y, mel = render(result.mels, info.n_frames, info.n_samples, job.preset.audio, job.preset.nst)
     encoded = audio.encode(y, job.preset.audio.sample_rate, fmt)
     render_seconds = time.perf_counter() - clock
+    clock = time.perf_counter()
+    content, style = (audio.load(storage.read_bytes(uri), job.preset.audio, name=uri)
+                      for uri in (job.content_uri, job.style_uri))
+    measures = quality.assess(y, content, style, job.preset.audio, optimised_mel=mel)
+    quality_seconds = time.perf_counter() - clock
     clock = time.perf_counter()
     storage.write_bytes(job.output_uri, encoded)
     write_seconds = time.perf_counter() - clock
@@ -270,9 +276,10 @@ def render_pair(job: PairJob, info: AnalysisInfo, parts: list[SegmentsResult],
                 "gave_up": bool(part.result.gave_up[offset]),
                 "seconds": part.seconds / len(part.result.mels), "worker_node": part.node,
             })
-    return {**loss_record(result), "segments": segments,
+    return {**loss_record(result), **measures, "segments": segments,
             "seconds_optimise": sum(part.seconds for part in parts),
-            "seconds_render": render_seconds, "seconds_write": write_seconds}
+            "seconds_render": render_seconds, "seconds_quality": quality_seconds,
+            "seconds_write": write_seconds}
 
 
 def loss_record(result: NSTResult) -> dict[str, float | int]:

@@ -98,7 +98,7 @@ def test_bad_output_name_and_missing_weights(inputs, tmp_path, capsys):
     assert not (tmp_path / "o.wav").exists()
 
 
-@pytest.mark.parametrize("command", [[], ["transfer"], ["run"], ["demo"], ["weights"], ["weights", "import"],
+@pytest.mark.parametrize("command", [[], ["transfer"], ["run"], ["assess"], ["demo"], ["weights"], ["weights", "import"],
                                      ["bench"], ["bench", "nst"], ["bench", "invert"], ["bench", "pipeline"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:

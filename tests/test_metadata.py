@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from amnst import metadata, storage
-from amnst.metadata import (PAIRS_SCHEMA, RUNS_SCHEMA, SCHEMA_VERSION, SEGMENTS_SCHEMA,
+from amnst.metadata import (PAIRS_SCHEMA, QUALITY_COLUMNS, RUNS_SCHEMA, SCHEMA_VERSION, SEGMENTS_SCHEMA,
                             MetadataWriter, latest_pair_status, new_run_id, read_table,
                             run_partition)
 
@@ -39,8 +39,9 @@ def pair_row(pair_id: str, status: str = "ok", finished_at: datetime = T0, **col
         "content_loss_start": 4.0, "content_loss_end": 0.5, "style_loss_start": 6.0,
         "style_loss_end": 1.0, "rollbacks": 1, "seconds_analyse": 0.1, "seconds_style": 0.2,
         "seconds_optimise": 3.0, "seconds_render": 0.4, "seconds_write": 0.05,
-        "seconds_total": 3.75, "worker_node": "node-1",
+        "seconds_total": 3.75, "seconds_quality": 0.3, "worker_node": "node-1",
         "started_at": finished_at - timedelta(seconds=4), "finished_at": finished_at,
+        **{name: 0.5 for name in QUALITY_COLUMNS},
     }
     return {**row, **columns}
 

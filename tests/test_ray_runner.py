@@ -88,6 +88,8 @@ def test_a_manifest_in_s3_runs_and_its_records_read_back(local_ray, s3_bucket):
         assert row["loss_end"] < row["loss_start"]
         assert len(row["content_sha256"]) == 64 and row["fingerprint"]
         assert row["seconds_optimise"] > 0 and row["worker_node"]
+        assert all(row[name] is not None for name in metadata.QUALITY_COLUMNS)
+        assert 0 < row["chroma_similarity"] <= 1 and row["peak"] < 1
         assert row["schema_version"] == metadata.SCHEMA_VERSION
     segments = metadata.read_table(output, "segments").to_pylist()
     assert sorted((s["pair_id"], s["segment_index"]) for s in segments) == [

@@ -1,0 +1,67 @@
+"""Quality measures: their fixed points, their directions, and the pair-row contract."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from amnst import audio, metadata, quality, synth
+from amnst.cli import main
+from amnst.config import get_preset
+from tests.conftest import write_wav
+
+CONFIG = get_preset("default").audio
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return synth.music(6.0, seed=2, key="D"), synth.rain(6.0, seed=2)
+
+
+def test_the_content_itself_keeps_everything_and_moves_nowhere(pair):
+    content, style = pair
+    measures = quality.assess(content, content, style, CONFIG)
+    assert measures["chroma_similarity"] == pytest.approx(1.0)
+    assert measures["onset_correlation"] == pytest.approx(1.0)
+    assert measures["mfcc_progress"] == pytest.approx(0.0)
+    assert measures["gram_progress"] == pytest.approx(0.0)
+    assert measures["noise_ratio"] == pytest.approx(1.0)
+
+
+def test_the_style_itself_is_all_the_way(pair):
+    content, style = pair
+    measures = quality.assess(style, content, style, CONFIG)
+    assert measures["mfcc_progress"] == pytest.approx(1.0)
+    assert measures["gram_progress"] == pytest.approx(1.0)
+    assert measures["chroma_similarity"] < 0.9
+
+
+def test_directions(pair):
+    content, style = pair
+    mix = 0.7 * content + 0.3 * style
+    measures = quality.assess(mix, content, style, CONFIG)
+    assert 0 < measures["mfcc_progress"] < 1 and 0 < measures["gram_progress"] < 1
+    other_key = synth.music(6.0, seed=2, key="F#")
+    assert quality.chroma_similarity(other_key, content, CONFIG) < measures["chroma_similarity"]
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, len(content)).astype(np.float32)
+    assert quality.noise_ratio(noise, content, CONFIG) > 5
+    assert quality.onset_correlation(noise, content, CONFIG) < 0.5
+
+
+def test_measures_fill_the_pair_row_columns(pair):
+    content, style = pair
+    mel = audio.mel_spectrogram(content, CONFIG)
+    measures = quality.assess(content, content, style, CONFIG, optimised_mel=mel)
+    assert set(measures) == set(metadata.QUALITY_COLUMNS)
+    assert measures["spectral_convergence"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_assess_command(pair, tmp_path, capsys):
+    paths = [write_wav(tmp_path / f"{name}.wav", y) for name, y in
+             (("output", 0.7 * pair[0] + 0.3 * pair[1]), ("content", pair[0]), ("style", pair[1]))]
+    assert main(["assess", *map(str, paths)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == set(metadata.QUALITY_COLUMNS) - {"spectral_convergence"}
+    assert main(["assess", str(tmp_path / "missing.wav"), *map(str, paths[1:])]) == 1
