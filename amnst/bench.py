@@ -256,5 +256,89 @@ def _driver_peak_mb(pairs: int, address: str) -> float:
     return int(done.stderr.strip().splitlines()[-1]) / 1024  # VmHWM is in kB
 
 
+
+
+QUALITY_TARGETS = {"chroma_similarity": 0.95, "onset_correlation": 0.8, "mfcc_progress": 0.3}
+
+
+def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "default"),
+                  variants: tuple[str, ...] = (), weights: str | None = None,
+                  seconds: float = 10.0) -> dict[str, Any]:
+    """Every preset (and variant) over the synthesized evaluation set, with reference rows.
+
+    A variant is ``"base:key=value,key=value"`` (base preset, then overrides).
+    Reference rows: the content itself, and a plain mix (0.7 content + 0.3
+    style), which keeps the content and already moves toward the style: a
+    transfer has to beat it. Returns per-pair rows and per-method means.
+    """
+    from amnst import quality
+    from amnst.config import parse_layers
+    from amnst.model import load_model
+    from amnst.pipeline import transfer_pair
+
+    pairs = synth.EVALUATION_PAIRS[:3] if quick else synth.EVALUATION_PAIRS
+    methods = {name: get_preset(name) for name in presets}
+    for variant in variants:
+        base, _, settings = variant.partition(":")
+        overrides = {}
+        for item in filter(None, settings.split(",")):
+            key, _, value = item.partition("=")
+            overrides[key] = parse_layers(value.replace("+", ",")) if key.endswith("_layers") else \
+                (value if key == "init" else float(value) if "." in value or "e" in value else int(value))
+        methods[variant] = get_preset(base).with_overrides(**overrides)
+    if quick:
+        methods = {name: p.with_overrides(iterations=min(p.nst.iterations, 10)) for name, p in methods.items()}
+    transfers = {name: StyleTransfer(load_model(weights, seed=p.nst.seed), p.nst) for name, p in methods.items()}
+    rows = []
+    for pair in pairs:
+        content, style = synth.evaluation_pair(pair.name, seconds)
+        mix = 0.7 * content + 0.3 * np.resize(style, content.shape)
+        references = {"content": content, "mix": mix}
+        for name, output in references.items():
+            rows.append({"pair": pair.name, "method": name,
+                         **quality.assess(output, content, style, get_preset("default").audio)})
+        for name, preset in methods.items():
+            start = time.perf_counter()
+            outcome = transfer_pair(content, style, preset, transfers[name])
+            rows.append({"pair": pair.name, "method": name, "seconds": time.perf_counter() - start,
+                         "loss_start": float(outcome.result.loss[0].mean()),
+                         "loss_end": float(outcome.result.loss[-1].mean()),
+                         **quality.assess(outcome.audio, content, style, preset.audio, outcome.mel)})
+    return {"benchmark": "quality", "machine": machine(), "seconds_per_pair": seconds, "weights": weights,
+            "rows": rows, "summary": _quality_summary(rows)}
+
+
+def _quality_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per method: the mean of every measure, the worst pair on each target, and the targets met."""
+    summary = {}
+    mix = {row["pair"]: row for row in rows if row["method"] == "mix"}
+    for method in dict.fromkeys(row["method"] for row in rows):
+        mine = [row for row in rows if row["method"] == method]
+        numeric = [k for k, v in mine[0].items() if isinstance(v, float)]
+        entry = {k: float(np.mean([row[k] for row in mine])) for k in numeric}
+        entry.update({f"worst_{k}": float(min(row[k] for row in mine)) for k in QUALITY_TARGETS})
+        entry["targets_met"] = all(
+            row["chroma_similarity"] >= QUALITY_TARGETS["chroma_similarity"]
+            and row["onset_correlation"] >= QUALITY_TARGETS["onset_correlation"]
+            and row["mfcc_progress"] >= QUALITY_TARGETS["mfcc_progress"]
+            and row["mfcc_progress"] > mix[row["pair"]]["mfcc_progress"]
+            and row["noise_ratio"] <= mix[row["pair"]]["noise_ratio"]
+            and row["peak"] < 1.0 and row.get("loss_end", 0) <= row.get("loss_start", 0)
+            for row in mine)
+        summary[method] = entry
+    return summary
+
+
+def quality_table(figures: dict[str, Any]) -> str:
+    """The summary as a plain-text table, one line per method."""
+    columns = ("chroma_similarity", "onset_correlation", "mfcc_progress", "gram_progress",
+               "noise_ratio", "spectral_convergence", "seconds")
+    lines = ["method".ljust(40) + "".join(c[:12].rjust(13) for c in columns) + "  targets"]
+    for method, entry in figures["summary"].items():
+        cells = "".join((f"{entry[c]:.3f}" if c in entry else "-").rjust(13) for c in columns)
+        lines.append(method[:40].ljust(40) + cells + ("  met" if entry["targets_met"] else "  -"))
+    return "\n".join(lines)
+
+
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
-    "nst": bench_nst, "invert": bench_invert, "pipeline": bench_pipeline}
+    "nst": bench_nst, "invert": bench_invert, "pipeline": bench_pipeline, "quality": bench_quality}
