@@ -8,7 +8,15 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: run test venv clean
+.PHONY: run test venv system-packages clean
+
+# Programs that tests/test_monitoring.py runs: Debian's Prometheus server, its
+# promtool, and the Pushgateway. `make test` installs them with apt-get when
+# they are missing and it runs as root on a system with apt-get; otherwise it
+# says so in one line, and those tests skip naming the missing program.
+SYSTEM_PROGRAMS := prometheus promtool prometheus-pushgateway
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway
+APT_LOG := tmp/apt-get.log
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,11 +26,26 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+system-packages:
+	@missing=""; for program in $(SYSTEM_PROGRAMS); do \
+		command -v $$program >/dev/null 2>&1 || missing="$$missing $$program"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "system-packages: installing $(SYSTEM_PACKAGES) with apt-get for$$missing (log: $(APT_LOG))"; \
+		mkdir -p $(dir $(APT_LOG)); \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			$(SYSTEM_PACKAGES); } >$(APT_LOG) 2>&1 \
+		|| echo "system-packages: apt-get failed (see $(APT_LOG)); tests needing$$missing will skip"; \
+	else \
+		echo "system-packages: missing$$missing and not root with apt-get; tests needing them will skip" \
+			"(install with: apt-get install $(SYSTEM_PACKAGES))"; \
+	fi
+
 run: $(STAMP)
 	$(BIN)/amnst demo --output out/demo
 	$(BIN)/amnst run out/demo/manifest.csv --output out
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest
 
 clean:

@@ -22,6 +22,9 @@ REGISTRY = CollectorRegistry()
 # Pair outcomes and work done, as the driver records them.
 PAIRS = Counter("amnst_pairs", "Pairs finished, by status (ok, failed, skipped)", ["status"],
                 registry=REGISTRY)
+# Every status exists from the start, so that rate() sees a batch's first failure.
+for _status in ("ok", "failed", "skipped"):
+    PAIRS.labels(_status)
 SEGMENTS = Counter("amnst_segments", "Mel segments optimised", registry=REGISTRY)
 NST_ITERATIONS = Counter("amnst_nst_iterations", "NST iterations, summed over segments", registry=REGISTRY)
 AUDIO_SECONDS = Counter("amnst_audio_seconds", "Seconds of audio produced", registry=REGISTRY)

@@ -331,6 +331,7 @@ def _jobs(items: Iterator[Pair | RowError], options: RunOptions,
 
 def _record_bad_row(driver: _Driver, error: RowError) -> None:
     driver.progress.failed += 1
+    metrics.PAIRS.labels("failed").inc()
     now = datetime.now(timezone.utc)
     driver.writer.add_pair({"run_id": driver.run_id, "pair_id": error.pair_id or f"row-{error.row}",
                             "row": error.row, "status": "failed", "error": error.reason,
