@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -256,6 +257,16 @@ class _Driver:
             self.writer.add_segments([{**s, "run_id": self.run_id, "pair_id": job.pair_id,
                                        "finished_at": row["finished_at"]} for s in segments])
         self.writer.add_pair(row)
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at ``address`` or ``RAY_ADDRESS``; with neither, start a local Ray.
+
+    ``"local"`` is explicit because a bare ``ray.init()`` would join any
+    cluster that ``ray start`` left registered on this machine.
+    """
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False,
+             include_dashboard=False, configure_logging=False)
 
 
 def run_manifest(manifest_uri: str, options: RunOptions,

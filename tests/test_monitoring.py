@@ -463,7 +463,7 @@ def observed(servers, moto_server, tmp_path_factory) -> Iterator[Observations]:
         # list. A short temp dir of our own (Ray's socket paths are length-capped).
         ray_dir = Path(tempfile.mkdtemp(prefix="amnst-ray-"))
         stack.callback(shutil.rmtree, ray_dir, ignore_errors=True)
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
+        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
                  _temp_dir=str(ray_dir), log_to_driver=False, configure_logging=False,
                  _system_config={"metrics_report_interval_ms": 1000})
         stack.callback(ray.shutdown)

@@ -1,0 +1,244 @@
+"""Nightly batches: every manifest due on a date, run with resume semantics.
+
+Which manifests are due, under the manifests prefix::
+
+    {prefix}/rain.csv                  every night
+    {prefix}/2026-11-25/extra.jsonl    on 2026-11-25 only
+
+A manifest is a ``.csv``, ``.jsonl``, ``.ndjson`` or ``.parquet`` file lying
+directly under the prefix (due every night) or directly under a
+``YYYY-MM-DD/`` folder of it (due on that date only). Names starting with
+``_`` or ``.`` are hidden and skipped, as are deeper folders and other files.
+
+Each manifest writes under its own output prefix, ``{output}/{its path under
+the manifests prefix}`` (``{output}/rain.csv/``,
+``{output}/2026-11-25/extra.jsonl/``). Two manifests can then never write the
+same pair id to the same place, and an every-night manifest keeps one output
+across nights: each night computes only the pairs that are new, failed before,
+or whose inputs or settings changed, and a rerun of the same night finishes
+only what is left.
+
+Every attempt at a night leaves one JSON record of its outcome at
+``{output}/_amnst/nightly/date=YYYY-MM-DD/night-{UTC start}-{hex}.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import secrets
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from amnst import storage
+from amnst.cli import EXIT_INPUT, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from amnst.ray_runner import Progress, RunOptions
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
+RECORD_FOLDER = ("_amnst", "nightly")
+
+
+@dataclass(frozen=True)
+class DueManifest:
+    """A manifest due tonight and the output prefix it runs into."""
+
+    uri: str
+    output: str
+
+
+@dataclass
+class ManifestOutcome:
+    """What one manifest's run did; ``error`` is set when it could not run at all."""
+
+    manifest: str
+    output: str
+    run_id: str | None = None
+    pairs: int = 0
+    ok: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None and not self.failed
+
+
+@dataclass
+class NightSummary:
+    """The outcome of one attempt at a night, as recorded under the output."""
+
+    date: datetime.date
+    started_at: datetime.datetime
+    finished_at: datetime.datetime | None = None
+    manifests: list[ManifestOutcome] = field(default_factory=list)
+    record_uri: str | None = None
+
+    def total(self, counter: str) -> int:
+        """The sum of one counter (``pairs``, ``ok``, ``skipped``, ``failed``) over the manifests."""
+        return sum(getattr(outcome, counter) for outcome in self.manifests)
+
+    @property
+    def status(self) -> str:
+        """``completed`` when every manifest ran with no failed pair, else ``partial``."""
+        return "completed" if all(m.succeeded for m in self.manifests) else "partial"
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_OK if self.status == "completed" else EXIT_PARTIAL
+
+    def to_json(self) -> dict[str, Any]:
+        return {"date": self.date.isoformat(), "status": self.status, "exit_status": self.exit_status,
+                "started_at": self.started_at.isoformat(),
+                "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+                **{counter: self.total(counter) for counter in ("pairs", "ok", "skipped", "failed")},
+                "manifests": [dataclasses.asdict(outcome) for outcome in self.manifests]}
+
+
+def due_manifests(prefix: str, output: str, date: datetime.date) -> list[DueManifest]:
+    """The manifests under ``prefix`` due on ``date``, in listing order, with their outputs.
+
+    Raises :class:`amnst.storage.StorageError` if the prefix cannot be listed.
+    """
+    base = storage.check_uri(prefix).rstrip("/") + "/"
+    due = []
+    for uri in storage.list_uris(prefix):
+        relative = uri[len(base):].split("/")
+        if _is_due(relative, date):
+            due.append(DueManifest(uri, storage.join(output, *relative)))
+    return due
+
+
+def _is_due(parts: list[str], date: datetime.date) -> bool:
+    name = parts[-1]
+    if name.startswith(("_", ".")) or not name.lower().endswith(MANIFEST_SUFFIXES):
+        return False
+    # Every night directly under the prefix; only on its date inside a date folder.
+    return len(parts) == 1 or (len(parts) == 2 and parts[0] == date.isoformat())
+
+
+def run_night(prefix: str, options: RunOptions, date: datetime.date,
+              on_progress: Callable[[Progress], None] | None = None) -> NightSummary:
+    """Run every manifest due on ``date``, one after another, and record the night.
+
+    ``options`` is a :class:`amnst.ray_runner.RunOptions` whose ``output`` is
+    the night's output prefix; each manifest runs into its own prefix below it.
+    Needs a connected Ray. A manifest that cannot be read is recorded as failed
+    and the others still run. This is the one place a night's outcome is
+    produced: what reports it (the log, metrics) reads the returned summary.
+    """
+    summary = NightSummary(date, _now())
+    for manifest in due_manifests(prefix, options.output, date):
+        summary.manifests.append(_run_one(manifest, options, on_progress))
+    summary.finished_at = _now()
+    summary.record_uri = _record(options.output, summary)
+    return summary
+
+
+def _run_one(manifest: DueManifest, options: RunOptions,
+             on_progress: Callable[[Progress], None] | None) -> ManifestOutcome:
+    from amnst.manifest import ManifestError
+    from amnst.ray_runner import run_manifest
+
+    outcome = ManifestOutcome(manifest.uri, manifest.output)
+    try:
+        result = run_manifest(manifest.uri, dataclasses.replace(options, output=manifest.output),
+                              on_progress)
+    except (ManifestError, storage.StorageError) as error:
+        outcome.error = str(error)
+        return outcome
+    progress = result.progress
+    outcome.run_id, outcome.seconds = result.run_id, result.seconds
+    outcome.pairs, outcome.ok = progress.pairs_seen, progress.ok
+    outcome.skipped, outcome.failed = progress.skipped, progress.failed
+    return outcome
+
+
+def _record(output: str, summary: NightSummary) -> str:
+    """Write the night's JSON record under ``output``; return its URI."""
+    name = f"night-{summary.started_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.json"
+    uri = storage.join(output, *RECORD_FOLDER, f"date={summary.date.isoformat()}", name)
+    storage.write_bytes(uri, (json.dumps(summary.to_json(), indent=2) + "\n").encode())
+    return uri
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+# --- the job's command line (jobs/nightly.py) ----------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from amnst.cli import add_nst_options
+
+    parser = argparse.ArgumentParser(
+        prog="jobs/nightly.py",
+        description="Run every manifest due on DATE under --manifests into its own prefix under "
+                    "--output, skipping pairs already done, and record the night under "
+                    "OUTPUT/_amnst/nightly/. Due: manifests directly under the prefix every night, "
+                    "those under PREFIX/YYYY-MM-DD/ on that date. Exit status: 0 all ok or skipped, "
+                    f"{EXIT_PARTIAL} some pairs or manifests failed, {EXIT_INPUT} the night could not start.")
+    parser.add_argument("--manifests", required=True, help="URI prefix holding the manifests")
+    parser.add_argument("--output", required=True, help="output prefix: a folder, file:// or s3:// URI")
+    parser.add_argument("--date", type=datetime.date.fromisoformat,
+                        help="the night, YYYY-MM-DD (default: today in UTC)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--segments-per-task", type=int, default=1, help="segments per optimise task")
+    parser.add_argument("--num-gpus-per-task", type=float, default=0.0, help="GPUs per optimise task")
+    parser.add_argument("--num-cpus-per-task", type=float, default=1.0, help="CPUs per task")
+    parser.add_argument("--max-in-flight", type=int, default=32, help="most tasks outstanding at once")
+    parser.add_argument("--format", choices=("wav", "flac"), default="wav", help="output audio format")
+    add_nst_options(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the job's arguments, run the night on Ray, print its outcome; return the exit status."""
+    import ray
+
+    from amnst.cli import CommandError, _progress_printer, preset_from_args
+    from amnst.ray_runner import RunOptions, connect
+
+    args = build_parser().parse_args(argv)
+    date = args.date or _now().date()
+    try:
+        options = RunOptions(storage.check_uri(args.output), preset_from_args(args), args.weights,
+                             args.segments_per_task, args.num_gpus_per_task, args.num_cpus_per_task,
+                             args.max_in_flight, args.format)
+        storage.check_uri(args.manifests)
+    except (ValueError, storage.StorageError, CommandError) as error:
+        print(f"nightly: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    connect(args.address)
+    try:
+        summary = run_night(args.manifests, options, date, _progress_printer())
+    except storage.StorageError as error:
+        print(f"nightly: error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    finally:
+        ray.shutdown()
+    print(_describe(summary))
+    return summary.exit_status
+
+
+def _describe(summary: NightSummary) -> str:
+    """A few lines for the job's log: one per manifest, then the night's totals."""
+    lines = []
+    for m in summary.manifests:
+        result = (f"could not run: {m.error}" if m.error else f"{m.ok} ok, {m.skipped} skipped, "
+                  f"{m.failed} failed of {m.pairs} pairs in {m.seconds:.1f} s")
+        lines.append(f"{m.manifest} -> {m.output}: {result}")
+    if not summary.manifests:
+        lines.append("no manifest is due on this date")
+    lines.append(f"night {summary.date}: {summary.status}, {len(summary.manifests)} manifests, "
+                 f"{summary.total('ok')} ok, {summary.total('skipped')} skipped, "
+                 f"{summary.total('failed')} failed; recorded at {summary.record_uri}")
+    return "\n".join(lines)
