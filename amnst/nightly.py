@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from amnst import storage
+from amnst import metrics, storage
 from amnst.cli import EXIT_INPUT, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 
 if TYPE_CHECKING:
@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cpus-per-task", type=float, default=1.0, help="CPUs per task")
     parser.add_argument("--max-in-flight", type=int, default=32, help="most tasks outstanding at once")
     parser.add_argument("--format", choices=("wav", "flac"), default="wav", help="output audio format")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port while running")
+    parser.add_argument("--pushgateway", help="push the night's outcome to this Pushgateway (host:port or URL)")
+    parser.add_argument("--metrics-job", default="amnst_nightly", help="Pushgateway job name")
     add_nst_options(parser)
     return parser
 
@@ -217,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, storage.StorageError, CommandError) as error:
         print(f"nightly: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    if args.metrics_port is not None:
+        metrics.serve(args.metrics_port)
     connect(args.address)
     try:
         summary = run_night(args.manifests, options, date, _progress_printer())
@@ -226,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ray.shutdown()
     print(_describe(summary))
+    if args.pushgateway:
+        # A manifest that could not run counts as a failure: the night is not a success.
+        failed = summary.total("failed") + sum(1 for m in summary.manifests if m.error)
+        seconds = ((summary.finished_at or _now()) - summary.started_at).total_seconds()
+        metrics.push_batch_outcome(args.pushgateway, args.metrics_job, summary.total("ok"), failed,
+                                   summary.total("skipped"), seconds)
     return summary.exit_status
 
 
