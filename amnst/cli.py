@@ -70,17 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "done with the same inputs and settings are skipped. Exit status: 0 all ok or skipped, "
                     f"{EXIT_PARTIAL} some pairs failed, {EXIT_INPUT} the run could not start.")
     run.add_argument("manifest", help="manifest URI")
-    run.add_argument("--output", required=True, help="output prefix: a folder, file:// or s3:// URI")
-    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    run.add_argument("--segments-per-task", type=int, default=1, help="segments per optimise task")
-    run.add_argument("--num-gpus-per-task", type=float, default=0.0, help="GPUs per optimise task (fractional ok)")
-    run.add_argument("--num-cpus-per-task", type=float, default=1.0, help="CPUs per task")
-    run.add_argument("--max-in-flight", type=int, default=32, help="most tasks outstanding at once")
-    run.add_argument("--format", choices=("wav", "flac"), default="wav", help="output audio format")
-    run.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port while running")
-    run.add_argument("--pushgateway", help="push the batch's outcome to this Pushgateway (host:port or URL)")
-    run.add_argument("--metrics-job", default="amnst_batch", help="Pushgateway job name (default: amnst_batch)")
-    add_nst_options(run)
+    add_run_options(run, metrics_job="amnst_batch")
     run.set_defaults(command=command_run)
 
     demo = commands.add_parser("demo", help="synthesize example music, ambiences and a manifest",
@@ -162,6 +152,35 @@ def add_training_commands(commands: Any) -> None:
     evaluate.set_defaults(command=command_evaluate)
 
 
+def add_run_options(parser: argparse.ArgumentParser, metrics_job: str) -> None:
+    """Where a batch writes, how it runs on Ray, its metrics, and the NST options."""
+    parser.add_argument("--output", required=True, help="output prefix: a folder, file:// or s3:// URI")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--segments-per-task", type=int, default=1, help="segments per optimise task")
+    parser.add_argument("--num-gpus-per-task", type=float, default=0.0,
+                        help="GPUs per optimise task (fractional ok)")
+    parser.add_argument("--num-cpus-per-task", type=float, default=1.0, help="CPUs per task")
+    parser.add_argument("--max-in-flight", type=int, default=32, help="most tasks outstanding at once")
+    parser.add_argument("--format", choices=("wav", "flac"), default="wav", help="output audio format")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port while running")
+    parser.add_argument("--pushgateway", help="push the outcome to this Pushgateway (host:port or URL)")
+    parser.add_argument("--metrics-job", default=metrics_job, help=f"Pushgateway job name (default: {metrics_job})")
+    add_nst_options(parser)
+
+
+def run_options_from_args(args: argparse.Namespace) -> Any:
+    """The RunOptions that ``add_run_options`` describes; bad values raise CommandError."""
+    from amnst import storage
+    from amnst.ray_runner import RunOptions
+
+    preset = preset_from_args(args)
+    try:
+        return RunOptions(storage.check_uri(args.output), preset, args.weights, args.segments_per_task,
+                          args.num_gpus_per_task, args.num_cpus_per_task, args.max_in_flight, args.format)
+    except (ValueError, storage.StorageError) as error:
+        raise CommandError(str(error), EXIT_USAGE) from None
+
+
 def add_nst_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="default", help="seed (the original) or default")
     parser.add_argument("--weights", help="CNN weights (.weights.h5 or .npz); default: seeded random")
@@ -214,15 +233,9 @@ def command_run(args: argparse.Namespace) -> int:
 
     from amnst import metrics, storage
     from amnst.manifest import ManifestError
-    from amnst.ray_runner import RunOptions, connect, run_manifest
+    from amnst.ray_runner import connect, run_manifest
 
-    preset = preset_from_args(args)
-    try:
-        options = RunOptions(args.output, preset, args.weights, args.segments_per_task,
-                             args.num_gpus_per_task, args.num_cpus_per_task, args.max_in_flight, args.format)
-        storage.check_uri(args.output)
-    except (ValueError, storage.StorageError) as error:
-        raise CommandError(str(error), EXIT_USAGE) from None
+    options = run_options_from_args(args)
     if args.metrics_port is not None:
         metrics.serve(args.metrics_port)
     connect(args.address)

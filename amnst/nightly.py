@@ -177,7 +177,7 @@ def _now() -> datetime.datetime:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from amnst.cli import add_nst_options
+    from amnst.cli import add_run_options
 
     parser = argparse.ArgumentParser(
         prog="jobs/nightly.py",
@@ -187,19 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "those under PREFIX/YYYY-MM-DD/ on that date. Exit status: 0 all ok or skipped, "
                     f"{EXIT_PARTIAL} some pairs or manifests failed, {EXIT_INPUT} the night could not start.")
     parser.add_argument("--manifests", required=True, help="URI prefix holding the manifests")
-    parser.add_argument("--output", required=True, help="output prefix: a folder, file:// or s3:// URI")
     parser.add_argument("--date", type=datetime.date.fromisoformat,
                         help="the night, YYYY-MM-DD (default: today in UTC)")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--segments-per-task", type=int, default=1, help="segments per optimise task")
-    parser.add_argument("--num-gpus-per-task", type=float, default=0.0, help="GPUs per optimise task")
-    parser.add_argument("--num-cpus-per-task", type=float, default=1.0, help="CPUs per task")
-    parser.add_argument("--max-in-flight", type=int, default=32, help="most tasks outstanding at once")
-    parser.add_argument("--format", choices=("wav", "flac"), default="wav", help="output audio format")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port while running")
-    parser.add_argument("--pushgateway", help="push the night's outcome to this Pushgateway (host:port or URL)")
-    parser.add_argument("--metrics-job", default="amnst_nightly", help="Pushgateway job name")
-    add_nst_options(parser)
+    add_run_options(parser, metrics_job="amnst_nightly")
     return parser
 
 
@@ -207,17 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the job's arguments, run the night on Ray, print its outcome; return the exit status."""
     import ray
 
-    from amnst.cli import CommandError, _progress_printer, preset_from_args
-    from amnst.ray_runner import RunOptions, connect
+    from amnst.cli import CommandError, _progress_printer, run_options_from_args
+    from amnst.ray_runner import connect
 
     args = build_parser().parse_args(argv)
     date = args.date or _now().date()
     try:
-        options = RunOptions(storage.check_uri(args.output), preset_from_args(args), args.weights,
-                             args.segments_per_task, args.num_gpus_per_task, args.num_cpus_per_task,
-                             args.max_in_flight, args.format)
+        options = run_options_from_args(args)
         storage.check_uri(args.manifests)
-    except (ValueError, storage.StorageError, CommandError) as error:
+    except (storage.StorageError, CommandError) as error:
         print(f"nightly: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     if args.metrics_port is not None:
