@@ -276,23 +276,27 @@ def _descendants_named(prefix: bytes) -> list[int]:
     return found
 
 
+MORE = 6
+
+
 @pytest.mark.slow
 def test_a_rerun_resumes_and_a_killed_worker_restarts_from_a_checkpoint(trained):
     finished_options, _ = trained
-    # A copy of the finished training, trained on for 4 more epochs; a worker dies on the way,
-    # once the rerun has checkpointed an epoch of its own.
-    options = dataclasses.replace(finished_options, output=f"s3://{BUCKET}/resumed", epochs=EPOCHS + 4)
+    # A copy of the finished training, trained on for more epochs; a worker dies on the way, once
+    # the rerun has checkpointed an epoch of its own. Several epochs remain after that one, so on a
+    # loaded machine the kill still lands mid-training, not after the last report.
+    options = dataclasses.replace(finished_options, output=f"s3://{BUCKET}/resumed", epochs=EPOCHS + MORE)
     for uri in storage.list_uris(finished_options.output):
         storage.write_bytes(options.output + uri[len(finished_options.output):], storage.read_bytes(uri))
     killed: list[int] = []
     finished = threading.Event()
 
     def kill_a_worker_after_the_second_epoch_of_the_rerun() -> None:
-        row = f"epoch-{EPOCHS + 1:05d}"
+        second, last = f"epoch-{EPOCHS + 1:05d}", f"epoch-{EPOCHS + MORE - 1:05d}"
         while not finished.is_set() and not killed:
-            done = any(row in uri for uri in storage.list_uris(f"{options.output}/_amnst/training"))
+            rows = " ".join(storage.list_uris(f"{options.output}/_amnst/training"))
             workers = _descendants_named(b"ray::RayTrainWorker")
-            if done and workers:
+            if second in rows and last not in rows and workers:
                 os.kill(workers[0], signal.SIGKILL)
                 killed.append(workers[0])
             time.sleep(0.2)
@@ -306,9 +310,9 @@ def test_a_rerun_resumes_and_a_killed_worker_restarts_from_a_checkpoint(trained)
         killer.join()
     assert killed, "no training worker was killed"
     rows = train.read_epochs(options.output).to_pylist()
-    assert [r["epoch"] for r in rows] == list(range(EPOCHS + 4)) and card["epochs"] == EPOCHS + 4
+    assert [r["epoch"] for r in rows] == list(range(EPOCHS + MORE)) and card["epochs"] == EPOCHS + MORE
     first_run, rerun = rows[0]["run_id"], rows[-1]["run_id"]
-    assert [r["run_id"] for r in rows] == [first_run] * EPOCHS + [rerun] * 4 and rerun != first_run
+    assert [r["run_id"] for r in rows] == [first_run] * EPOCHS + [rerun] * MORE and rerun != first_run
     # The rerun started from the first run's last checkpoint, and after the kill from one of its own.
     restarts = [r["epoch"] for r in rows if r["resumed"]]
     assert len(restarts) == 2 and restarts[0] == EPOCHS and restarts[1] > EPOCHS
