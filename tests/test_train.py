@@ -21,6 +21,7 @@ from amnst import audio, storage, synth, train
 from amnst.cli import EXIT_USAGE, main
 from amnst.config import AudioConfig
 from amnst.model import GENRES
+from amnst.reliability import descendants_named
 from tests.conftest import write_wav
 
 BUCKET = "amnst-train"
@@ -252,30 +253,6 @@ def test_another_dataset_is_refused_in_a_used_output(trained, tmp_path):
         train.train(train.TrainOptions(other, options.output, batch_size=2, val_fraction=0.5))
 
 
-def _descendants_named(prefix: bytes) -> list[int]:
-    """PIDs of this process's descendants whose command line starts with ``prefix``.
-
-    Only descendants: other sessions' Ray workers on this machine are not ours to kill.
-    """
-    children: dict[int, list[int]] = {}
-    commands = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError):
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found, queue = [], [os.getpid()]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            queue.append(child)
-            if commands.get(child, b"").startswith(prefix):
-                found.append(child)
-    return found
-
-
 MORE = 6
 
 
@@ -290,12 +267,14 @@ def test_a_rerun_resumes_and_a_killed_worker_restarts_from_a_checkpoint(trained)
         storage.write_bytes(options.output + uri[len(finished_options.output):], storage.read_bytes(uri))
     killed: list[int] = []
     finished = threading.Event()
+    # Workers of the earlier training may outlive it for a while: only the rerun's are fair game.
+    earlier_workers = set(descendants_named(b"ray::RayTrainWorker"))
 
     def kill_a_worker_after_the_second_epoch_of_the_rerun() -> None:
         second, last = f"epoch-{EPOCHS + 1:05d}", f"epoch-{EPOCHS + MORE - 1:05d}"
         while not finished.is_set() and not killed:
             rows = " ".join(storage.list_uris(f"{options.output}/_amnst/training"))
-            workers = _descendants_named(b"ray::RayTrainWorker")
+            workers = [pid for pid in descendants_named(b"ray::RayTrainWorker") if pid not in earlier_workers]
             if second in rows and last not in rows and workers:
                 os.kill(workers[0], signal.SIGKILL)
                 killed.append(workers[0])
