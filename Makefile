@@ -10,12 +10,14 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: run test venv system-packages clean
 
-# Programs that tests/test_monitoring.py runs: Debian's Prometheus server, its
-# promtool, and the Pushgateway. `make test` installs them with apt-get when
-# they are missing and it runs as root on a system with apt-get; otherwise it
-# says so in one line, and those tests skip naming the missing program.
-SYSTEM_PROGRAMS := prometheus promtool prometheus-pushgateway
-SYSTEM_PACKAGES := prometheus prometheus-pushgateway
+# Programs that tests run: Debian's Prometheus server, its promtool, and the
+# Pushgateway (tests/test_monitoring.py); Chromium and its chromedriver, which
+# open the run report in a headless browser (tests/test_report.py). `make test`
+# installs them with apt-get when they are missing and it runs as root on a
+# system with apt-get; otherwise it says so in one line, and those tests skip
+# naming the missing program.
+SYSTEM_PROGRAMS := prometheus promtool prometheus-pushgateway chromium chromedriver
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway chromium chromium-driver
 APT_LOG := tmp/apt-get.log
 
 $(STAMP): pyproject.toml

@@ -19,7 +19,8 @@ import soundfile as sf
 
 from amnst.config import AudioConfig
 
-ENCODINGS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16")}
+# ogg (Vorbis, lossy) is for previews, such as the run report's; outputs are wav or flac.
+ENCODINGS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS")}
 # Below this peak (about -100 dBFS) a signal is treated as silence.
 SILENCE_PEAK = 1e-5
 
@@ -179,7 +180,7 @@ def prevent_clipping(y: np.ndarray, ceiling: float = 0.98) -> np.ndarray:
 
 
 def encode(y: np.ndarray, sample_rate: int, fmt: str = "wav") -> bytes:
-    """Encode a mono waveform in [-1, 1] as 16-bit ``wav`` or ``flac`` bytes."""
+    """Encode a mono waveform in [-1, 1] as 16-bit ``wav`` or ``flac``, or Vorbis ``ogg``, bytes."""
     if fmt not in ENCODINGS:
         raise ValueError(f"unsupported output format {fmt!r}: choose one of {sorted(ENCODINGS)}")
     if not np.all(np.isfinite(y)):

@@ -6,12 +6,14 @@ same machine, so figures from different machines can be compared as ratios.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import keras
 import librosa
@@ -19,9 +21,12 @@ import numpy as np
 import tensorflow as tf
 
 from amnst import audio, invert, synth
-from amnst.config import AudioConfig, NSTConfig, get_preset
+from amnst.config import AudioConfig, NSTConfig, Preset, get_preset
 from amnst.model import build_model, feature_extractor
 from amnst.nst import StyleTransfer
+
+if TYPE_CHECKING:
+    from amnst.pipeline import Weights
 
 NST_BATCH = 5
 
@@ -70,6 +75,11 @@ def nst_step_flops(model: keras.Model, config: NSTConfig) -> float:
         _, h, w, c = model.layers[index].output.shape
         flops += 3 * 2.0 * h * w * c * c
     return flops
+
+
+def style_gram_bytes(model: keras.Model, config: NSTConfig) -> int:
+    """Bytes of a style's float32 Gram targets: ``C x C`` at every style layer."""
+    return sum(4 * model.layers[index].output.shape[-1] ** 2 for index in config.style_layers)
 
 
 def seed_faithful_loop(model: keras.Model, config: NSTConfig, content: np.ndarray,
@@ -256,6 +266,167 @@ def _driver_peak_mb(pairs: int, address: str) -> float:
     return int(done.stderr.strip().splitlines()[-1]) / 1024  # VmHWM is in kB
 
 
+E2E_PAIR = synth.EVALUATION_PAIRS[0].name
+E2E_SECONDS = (10.0, 30.0, 120.0)
+# Seconds of compute per second of audio (issue #6): this 2-core CPU, and a
+# spread of cost per audio second across lengths of at most 10 %.
+E2E_TARGET, E2E_SPREAD_TARGET = 0.5, 0.10
+# The stages of one pair in the batch runner, in order; "style" and
+# "optimise" run as GPU tasks there, the rest on CPUs.
+E2E_STAGES = ("read", "decode", "mel", "style", "optimise", "invert", "encode", "quality", "write")
+E2E_GPU_STAGES = ("style", "optimise")
+
+
+def bench_e2e(quick: bool = False, seconds: tuple[float, ...] = E2E_SECONDS,
+              segments_per_task: int | None = None) -> dict[str, Any]:
+    """Seconds of compute per second of audio, stage by stage, for pairs of each length.
+
+    One pair per length (``E2E_PAIR`` synthesized, as wav files in a
+    temporary folder) goes through the batch runner's own stage functions in
+    this process, one after the other, at the ``default`` preset:
+    ``analyse_pair``, ``style_targets_for``, ``optimise_segments`` in tasks
+    of ``segments_per_task`` segments (default: ``amnst run``'s) and
+    ``render_pair``. A one-segment pair warms every compiled function first.
+    ``quick``: 2 iterations, pairs of 4 and 8 s. The spread is the costliest
+    length's cost per audio second over the cheapest's, minus one.
+    """
+    import tempfile
+
+    from amnst.pipeline import Weights
+    from amnst.ray_runner import RunOptions
+
+    preset = get_preset("default")
+    if quick:
+        preset, seconds = preset.with_overrides(iterations=2), (4.0, 8.0)
+    width = segments_per_task or RunOptions.segments_per_task
+    weights = Weights.locate(None, preset.nst.seed)
+    with tempfile.TemporaryDirectory() as folder:
+        _e2e_pair(Path(folder), preset.audio.segment_seconds, preset, weights, width)
+        rows = [_e2e_pair(Path(folder), s, preset, weights, width) for s in seconds]
+    costs = [row["total_per_audio_second"] for row in rows]
+    per_segment = [row["seconds"]["optimise"] / row["segments"] for row in rows]
+    return {
+        "benchmark": "e2e", "machine": machine(), "preset": preset.name, "iterations": preset.nst.iterations,
+        "segments_per_task": width, "target_per_audio_second": E2E_TARGET,
+        "spread_target": E2E_SPREAD_TARGET, "pairs": rows,
+        "within_target": [cost <= E2E_TARGET for cost in costs],
+        "spread": max(costs) / min(costs) - 1,
+        "spread_by_stage": {stage: _spread([row["per_audio_second"][stage] for row in rows])
+                            for stage in E2E_STAGES},
+        "optimise_spread_per_segment": _spread(per_segment),
+    }
+
+
+def e2e_table(figures: dict[str, Any]) -> str:
+    """Seconds per second of audio by stage (rows) and pair length (columns), as Markdown."""
+    rows = figures["pairs"]
+    lines = ["| stage | " + " | ".join(f"{r['audio_seconds']:g} s ({r['segments']} segments)" for r in rows)
+             + " | spread |", "|---|" + "---:|" * (len(rows) + 1)]
+    for stage in E2E_STAGES:
+        lines.append(f"| {stage} | " + " | ".join(f"{r['per_audio_second'][stage]:.4f}" for r in rows)
+                     + f" | {figures['spread_by_stage'][stage]:+.0%} |")
+    lines.append("| **total** | " + " | ".join(f"**{r['total_per_audio_second']:.3f}**" for r in rows)
+                 + f" | **{figures['spread']:+.0%}** |")
+    return "\n".join(lines)
+
+
+def _spread(values: list[float]) -> float:
+    """Largest over smallest, minus one."""
+    return max(values) / min(values) - 1
+
+
+def _e2e_pair(folder: Path, seconds: float, preset: Preset, weights: Weights, width: int) -> dict[str, Any]:
+    """One pair of ``seconds`` through the runner's stages in ``folder``; its stage seconds and traffic."""
+    from amnst.pipeline import PairJob, analyse_pair, optimise_segments, render_pair, style_targets_for, timed
+
+    content, style = synth.evaluation_pair(E2E_PAIR, seconds)
+    uris = []
+    for name, y in (("content", content), ("style", style)):
+        path = folder / f"{name}-{seconds:g}s.wav"
+        path.write_bytes(audio.encode(y, preset.audio.sample_rate, "wav"))
+        uris.append(str(path))
+    job = PairJob(f"e2e-{seconds:g}s", 0, uris[0], uris[1], preset, str(folder / f"out-{seconds:g}s.wav"))
+    stages: dict[str, float] = {}
+    with _storage_traffic() as traffic:
+        info, segments = analyse_pair(job, weights, stages)
+        if info.status != "ready":
+            raise RuntimeError(f"{job.pair_id}: {info.status}: {info.error}")
+        with timed(stages, "style"):
+            targets = style_targets_for(job.style_uri, preset, weights)
+        # As the runner splits a piece: coupled Grams need every segment in one task.
+        step = len(segments) if preset.nst.couples_segments else width
+        with timed(stages, "optimise"):
+            parts = [optimise_segments(segments[start:start + step], start, targets, preset, weights)
+                     for start in range(0, len(segments), step)]
+        render_pair(job, info, parts, stages=stages)
+    audio_seconds = info.n_samples / preset.audio.sample_rate
+    total = sum(stages.values())
+    return {"audio_seconds": audio_seconds, "segments": info.n_segments,
+            "seconds": {stage: stages[stage] for stage in E2E_STAGES},
+            "per_audio_second": {stage: stages[stage] / audio_seconds for stage in E2E_STAGES},
+            "total_seconds": total, "total_per_audio_second": total / audio_seconds,
+            "cpu_stages_per_audio_second": sum(stages[s] for s in E2E_STAGES if s not in E2E_GPU_STAGES)
+            / audio_seconds, "storage": traffic}
+
+
+@contextlib.contextmanager
+def _storage_traffic() -> Iterator[dict[str, int]]:
+    """Count the storage reads and writes made in the block: requests and bytes."""
+    from amnst import storage
+
+    traffic = {"reads": 0, "writes": 0, "bytes_read": 0, "bytes_written": 0}
+    previous = storage.observer
+
+    def observe(operation: str, size: int, failed: bool) -> None:
+        traffic["reads" if operation == "read" else "writes"] += 1
+        traffic["bytes_read" if operation == "read" else "bytes_written"] += size
+        if previous is not None:
+            previous(operation, size, failed)
+
+    storage.observer = observe
+    try:
+        yield traffic
+    finally:
+        storage.observer = previous
+
+
+def bench_capacity(quick: bool = False, e2e: str | None = None, pairs: int = 100_000,
+                   pair_seconds: float = 180.0, window_hours: float = 8.0,
+                   gpu_fraction: float | None = None) -> dict[str, Any]:
+    """GPU workers and budgets for a batch (:func:`amnst.capacity.plan`) from measured CPU costs.
+
+    CPU costs come from an ``amnst bench e2e`` figures file (``e2e``), else
+    from a fresh ``bench_e2e`` at 30 s; the pair closest to ``pair_seconds``
+    is used, its wall seconds counted as core-seconds on every core of the
+    machine that measured it (an upper bound). The GPU's cost per step is
+    the CNN's FLOPs per segment-iteration at an assumed sustained fraction
+    (``gpu_fraction``) of an H100's FP32 rate.
+    """
+    import json
+
+    from amnst import capacity
+
+    figures = json.loads(Path(e2e).read_text()) if e2e else bench_e2e(quick, seconds=(30.0,))
+    row = min(figures["pairs"], key=lambda r: abs(r["audio_seconds"] - pair_seconds))
+    cores = figures["machine"]["cpu_count"]
+    preset = get_preset("default")
+    model = build_model()
+    costs = capacity.Costs(
+        step_flops_per_segment=nst_step_flops(model, preset.nst), gram_bytes=style_gram_bytes(model, preset.nst),
+        cpu_core_seconds_per_audio_second=row["cpu_stages_per_audio_second"] * cores,
+        style_core_seconds_per_audio_second=row["per_audio_second"]["style"] * cores,
+        storage_reads_per_pair=row["storage"]["reads"], storage_writes_per_pair=row["storage"]["writes"],
+        bytes_read_per_audio_second=row["storage"]["bytes_read"] / row["audio_seconds"],
+        bytes_written_per_audio_second=row["storage"]["bytes_written"] / row["audio_seconds"])
+    gpu = capacity.GpuAssumption() if gpu_fraction is None else capacity.GpuAssumption(
+        sustained_fraction=gpu_fraction)
+    batch = capacity.Batch(pairs=pairs, pair_seconds=pair_seconds, window_seconds=window_hours * 3600)
+    return {"benchmark": "capacity", "machine": machine(),
+            "cpu_costs_from": {"file": e2e, "audio_seconds": row["audio_seconds"], "cores": cores,
+                               "measured_on": figures["machine"]["processor"]},
+            **capacity.plan(batch, preset, costs, gpu, capacity.Layout())}
+
+
 
 
 QUALITY_TARGETS = {"chroma_similarity": 0.95, "onset_correlation": 0.8, "mfcc_progress": 0.3}
@@ -283,8 +454,7 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
         overrides = {}
         for item in filter(None, settings.split(",")):
             key, _, value = item.partition("=")
-            overrides[key] = parse_layers(value.replace("+", ",")) if key.endswith("_layers") else \
-                (value if key == "init" else float(value) if "." in value or "e" in value else int(value))
+            overrides[key] = parse_layers(value.replace("+", ",")) if key.endswith("_layers") else _scalar(value)
         methods[variant] = get_preset(base).with_overrides(**overrides)
     if quick:
         methods = {name: p.with_overrides(iterations=min(p.nst.iterations, 10)) for name, p in methods.items()}
@@ -292,8 +462,7 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
     rows = []
     for pair in pairs:
         content, style = synth.evaluation_pair(pair.name, seconds)
-        mix = 0.7 * content + 0.3 * np.resize(style, content.shape)
-        references = {"content": content, "mix": mix}
+        references = {"content": content, "mix": quality.plain_mix(content, style)}
         for name, output in references.items():
             rows.append({"pair": pair.name, "method": name,
                          **quality.assess(output, content, style, get_preset("default").audio)})
@@ -306,6 +475,16 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
                          **quality.assess(outcome.audio, content, style, preset.audio, outcome.mel)})
     return {"benchmark": "quality", "machine": machine(), "seconds_per_pair": seconds, "weights": weights,
             "rows": rows, "summary": _quality_summary(rows)}
+
+
+def _scalar(text: str) -> int | float | bool | str:
+    """A variant's value: an int, a float, a bool, else the text itself."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def _quality_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -402,6 +581,20 @@ def _in_process_train_rate(batch: int, repeats: int) -> float:
     return batch / best_of(repeats, lambda: train_step(inputs).numpy())
 
 
+def bench_reliability(quick: bool = False) -> dict[str, Any]:
+    """Bad inputs and injected faults (``amnst.reliability``): per scenario, inputs tried,
+    faults injected, and good pairs expected, done, lost and duplicated."""
+    from dataclasses import asdict
+
+    from amnst import reliability
+
+    outcomes = reliability.run_all(quick)
+    return {"benchmark": "reliability", "machine": machine(),
+            "scenarios": [asdict(outcome) for outcome in outcomes],
+            "table": reliability.table(outcomes)}
+
+
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
-    "nst": bench_nst, "invert": bench_invert, "pipeline": bench_pipeline, "quality": bench_quality,
-    "train": bench_train}
+    "nst": bench_nst, "invert": bench_invert, "pipeline": bench_pipeline, "e2e": bench_e2e,
+    "capacity": bench_capacity, "quality": bench_quality, "train": bench_train,
+    "reliability": bench_reliability}

@@ -73,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(run, metrics_job="amnst_batch")
     run.set_defaults(command=command_run)
 
+    report = commands.add_parser(
+        "report", help="(re)build a run's HTML report from its records",
+        description="Write report.html, with its pictures and sound previews, for the run that RUN_URI "
+                    "names: the run's records folder, OUTPUT/_amnst/runs/date=YYYY-MM-DD/run_id=RUN_ID "
+                    "(local, file:// or s3://), or an output URI for its newest committed run. The page "
+                    "lands in OUTPUT/_amnst/reports/date=.../run_id=.../; `amnst run` writes it at the end "
+                    "of every run.")
+    report.add_argument("run_uri", metavar="RUN_URI", help="a run's records folder, or an output URI")
+    report.set_defaults(command=command_report)
+
     demo = commands.add_parser("demo", help="synthesize example music, ambiences and a manifest",
                                description="Synthesize two short pieces of music and two ambiences (rain, "
                                            "a drone) and a manifest pairing them, for `amnst run`.")
@@ -97,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("nst", "compiled NST step against a seed-faithful eager loop and the matmul rate"),
                            ("invert", "fast batched inversion against librosa's mel_to_audio"),
                            ("pipeline", "Ray's overhead per task and the driver's memory against manifest size"),
-                           ("train", "CNN training samples/s on Ray with 1 and 2 workers, and on a GPU if any")):
+                           ("train", "CNN training samples/s on Ray with 1 and 2 workers, and on a GPU if any"),
+                           ("reliability", "bad inputs, storage faults, worker, driver and node loss: pairs "
+                                           "expected, done, lost and duplicated (--quick: no 10-minute piece)")):
         sub = bench_commands.add_parser(name, help=helptext, description=helptext)
         sub.add_argument("--json", help="also write the figures to this file")
         sub.add_argument("--quick", action="store_true", help="fewer repeats (for smoke tests)")
@@ -114,6 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--json", help="also write the figures to this file")
     quality.add_argument("--quick", action="store_true", help="three pairs, ten iterations (smoke test)")
     quality.set_defaults(command=command_bench, benchmark="quality")
+    e2e = bench_commands.add_parser(
+        "e2e", help="seconds of compute per second of audio, stage by stage, for pairs of each length",
+        description="Run one synthesized pair per length through the batch runner's stages in this process "
+                    "(default preset, files in a temporary folder) and report seconds per stage and per "
+                    "second of audio, the 0.5 target, and how cost per audio second spreads across lengths.")
+    e2e.add_argument("--seconds", type=_positive_float, nargs="+", default=[10.0, 30.0, 120.0],
+                     help="pair lengths (s)")
+    e2e.add_argument("--segments-per-task", type=int, help="segments per optimise call (default: amnst run's)")
+    e2e.add_argument("--json", help="also write the figures to this file")
+    e2e.add_argument("--quick", action="store_true", help="2 iterations, pairs of 4 and 8 s (smoke test)")
+    e2e.set_defaults(command=command_bench, benchmark="e2e")
+    capacity = bench_commands.add_parser(
+        "capacity", help="GPU workers and budgets for a nightly batch, from measured CPU costs",
+        description="The capacity model (amnst.capacity): GPU workers, CPU cores, max in flight, object "
+                    "store, driver and storage budgets for a batch, from `amnst bench e2e` figures and an "
+                    "assumed GPU rate.")
+    capacity.add_argument("--e2e", help="figures of `amnst bench e2e --json` (default: measure a 30 s pair)")
+    capacity.add_argument("--pairs", type=int, default=100_000, help="pairs in the batch")
+    capacity.add_argument("--pair-seconds", type=_positive_float, default=180.0, help="length of each pair (s)")
+    capacity.add_argument("--window-hours", type=_positive_float, default=8.0, help="time to finish it (h)")
+    capacity.add_argument("--gpu-fraction", type=_positive_float,
+                          help="sustained fraction of the H100's FP32 rate (default: the model's assumption)")
+    capacity.add_argument("--json", help="also write the figures to this file")
+    capacity.add_argument("--quick", action="store_true", help="without --e2e: a quick e2e (smoke test)")
+    capacity.set_defaults(command=command_bench, benchmark="capacity")
     add_submit_parser(commands)
     return parser
 
@@ -162,6 +199,10 @@ def add_run_options(parser: argparse.ArgumentParser, metrics_job: str) -> None:
     parser.add_argument("--num-cpus-per-task", type=float, default=1.0, help="CPUs per task")
     parser.add_argument("--max-in-flight", type=int, default=32, help="most tasks outstanding at once")
     parser.add_argument("--format", choices=("wav", "flac"), default="wav", help="output audio format")
+    parser.add_argument("--metadata-flush-seconds", type=float, default=30.0,
+                        help="write finished pairs' records at least this often (default 30); a driver "
+                             "killed mid-run loses at most this much of its record, whose pairs the "
+                             "rerun computes again")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port while running")
     parser.add_argument("--pushgateway", help="push the outcome to this Pushgateway (host:port or URL)")
     parser.add_argument("--metrics-job", default=metrics_job, help=f"Pushgateway job name (default: {metrics_job})")
@@ -176,7 +217,8 @@ def run_options_from_args(args: argparse.Namespace) -> Any:
     preset = preset_from_args(args)
     try:
         return RunOptions(storage.check_uri(args.output), preset, args.weights, args.segments_per_task,
-                          args.num_gpus_per_task, args.num_cpus_per_task, args.max_in_flight, args.format)
+                          args.num_gpus_per_task, args.num_cpus_per_task, args.max_in_flight, args.format,
+                          metadata_flush_seconds=args.metadata_flush_seconds)
     except (ValueError, storage.StorageError) as error:
         raise CommandError(str(error), EXIT_USAGE) from None
 
@@ -251,7 +293,22 @@ def command_run(args: argparse.Namespace) -> int:
                                    summary.seconds)
     print(f"run {summary.run_id}: {p.ok} ok, {p.skipped} skipped, {p.failed} failed of {p.pairs_seen} pairs; "
           f"{p.audio_seconds:.1f} s of audio in {summary.seconds:.1f} s; outputs under {args.output}")
+    if summary.report_uri:
+        print(f"report: {summary.report_uri}")
+    else:
+        print(f"amnst: the run's report was not written: {summary.report_error}", file=sys.stderr)
     return summary.exit_status
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from amnst import report, storage
+
+    try:
+        page = report.write_report(report.locate(args.run_uri))
+    except (report.ReportError, storage.StorageError) as error:
+        raise CommandError(str(error)) from None
+    print(f"wrote {page}")
+    return EXIT_OK
 
 
 def _progress_printer() -> Any:
@@ -386,9 +443,16 @@ def command_bench(args: argparse.Namespace) -> int:
     if args.benchmark == "quality":
         options = dict(presets=tuple(args.presets or ("seed", "default")), variants=tuple(args.variant),
                        weights=args.weights, seconds=args.seconds)
+    elif args.benchmark == "e2e":
+        options = dict(seconds=tuple(args.seconds), segments_per_task=args.segments_per_task)
+    elif args.benchmark == "capacity":
+        options = dict(e2e=args.e2e, pairs=args.pairs, pair_seconds=args.pair_seconds,
+                       window_hours=args.window_hours, gpu_fraction=args.gpu_fraction)
     figures = bench.BENCHMARKS[args.benchmark](quick=args.quick, **options)
     text = json.dumps(figures, indent=2)
-    print(bench.quality_table(figures) if args.benchmark == "quality" else text)
+    tables = {"quality": bench.quality_table, "e2e": bench.e2e_table,
+              "reliability": lambda figures: figures["table"]}
+    print(tables[args.benchmark](figures) if args.benchmark in tables else text)
     if args.json:
         Path(args.json).write_text(text + "\n")
     return EXIT_OK

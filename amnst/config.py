@@ -80,6 +80,7 @@ class AudioConfig:
 INITS = ("content", "style", "zero", "random")
 OPTIMIZERS = ("sgd", "adam")
 PARAMETERIZATIONS = ("linear", "log")
+CNN_INPUTS = ("mel", "log")
 GRAM_NORMS = ("none", "positions")
 INVERSIONS = ("librosa", "fast")
 
@@ -105,6 +106,12 @@ class NSTConfig:
     optimizer: str = "sgd"
     init: str = "content"
     parameterization: str = "linear"
+    # What the CNN sees, for the content and for the style losses: the mel
+    # itself, or ``log(mel + LOG_INPUT_OFFSET)``, which gives quiet bands and
+    # frames (where an ambience's texture lives) a say comparable to the loud
+    # partials of the music.
+    content_input: str = "mel"
+    style_input: str = "mel"
     gram_norm: str = "none"
     # Divide each layer's content loss by the content features' mean square
     # and each style loss by the style Gram's, so that weights are relative
@@ -136,6 +143,9 @@ class NSTConfig:
         _require(self.init in INITS, "init", self.init, f"must be one of {INITS}")
         _require(self.parameterization in PARAMETERIZATIONS, "parameterization",
                  self.parameterization, f"must be one of {PARAMETERIZATIONS}")
+        _require(self.content_input in CNN_INPUTS, "content_input", self.content_input,
+                 f"must be one of {CNN_INPUTS}")
+        _require(self.style_input in CNN_INPUTS, "style_input", self.style_input, f"must be one of {CNN_INPUTS}")
         _require(self.gram_norm in GRAM_NORMS, "gram_norm", self.gram_norm, f"must be one of {GRAM_NORMS}")
         _require(self.rollback_steps >= 1, "rollback_steps", self.rollback_steps, "must be >= 1")
         _require(self.max_retries >= 0, "max_retries", self.max_retries, "must be >= 0")

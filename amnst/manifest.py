@@ -78,7 +78,9 @@ class RowError:
     """A bad manifest row: that pair fails and the others run."""
 
     row: int
-    pair_id: str | None  # the row's own pair_id when it gave a valid one
+    # The row's own pair_id when it gave a valid one that no earlier row took:
+    # the failure is recorded under it, so it must not be another row's.
+    pair_id: str | None
     reason: str  # "row N: ...", every problem of the row, separated by "; "
 
 
@@ -167,6 +169,7 @@ def _parse_row(row: int, record: _Record, manifest_uri: str, base: Preset,
         first = first_rows.first_row(pair_id, row)
         if first != row:
             problems.append(f"duplicate pair_id {pair_id!r} (first at row {first})")
+            given_id = None
     if problems:
         return RowError(row, given_id, f"row {row}: " + "; ".join(problems))
     return Pair(row, pair_id, content, style, preset, overrides)

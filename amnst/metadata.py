@@ -30,6 +30,7 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import Collection, Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -38,7 +39,7 @@ import pyarrow.parquet as pq
 
 from amnst import storage
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The output's quality measures in a pair row, as amnst.quality.assess names them.
 QUALITY_COLUMNS = ("chroma_similarity", "onset_correlation", "mfcc_distance", "mfcc_progress",
                    "gram_distance", "gram_progress", "spectral_convergence", "noise_ratio", "peak")
@@ -51,6 +52,7 @@ RUN_STATUSES = ("completed", "partial", "failed")
 _PARTITIONING = pa.schema([("date", pa.string()), ("run_id", pa.string())])
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
+_QUALITY_STRUCT = pa.struct([(name, pa.float64()) for name in QUALITY_COLUMNS])
 
 
 def _schema(*fields: tuple[str, pa.DataType] | pa.Field) -> pa.Schema:
@@ -103,6 +105,12 @@ PAIRS_SCHEMA = _schema(
     ("finished_at", _TIMESTAMP),
     # Schema version 2: the output's quality measures (amnst.quality).
     *((name, pa.float64()) for name in QUALITY_COLUMNS),
+    # Schema version 3: the piece's loss per iteration (mean over segments,
+    # ``iterations + 1`` values from loss_start to loss_end), and the same
+    # measures of the reference rows: the content itself and a plain mix.
+    ("loss_curve", pa.list_(pa.float64())),
+    ("reference_content", _QUALITY_STRUCT),
+    ("reference_mix", _QUALITY_STRUCT),
 )
 
 SEGMENTS_SCHEMA = _schema(
@@ -193,7 +201,10 @@ class MetadataWriter:
         self.flush_seconds = flush_seconds
         self._fixed = {"schema_version": SCHEMA_VERSION, "date": f"{self.date:%Y-%m-%d}",
                        "run_id": run_id}
-        self._buffers: dict[str, list[pa.Table]] = {"pairs": [], "segments": []}
+        # Flushed in this order: a pair's row, the record of truth, is never written
+        # before its segments' rows, so a driver killed in between cannot leave a
+        # pair recorded done without them.
+        self._buffers: dict[str, list[pa.Table]] = {"segments": [], "pairs": []}
         self._oldest: float | None = None
         self._seq = 0
         self._committed = False
@@ -275,8 +286,21 @@ def read_table(output_uri: str, table: str, committed_only: bool = False) -> pa.
     dataset = _dataset(output_uri, table)
     selected = None
     if committed_only:
-        selected = ds.field("run_id").isin(sorted(_committed_run_ids(output_uri)))
+        # Typed, so that an empty set (no run committed yet) still compares with strings.
+        selected = ds.field("run_id").isin(pa.array(sorted(_committed_run_ids(output_uri)), pa.string()))
     return dataset.to_table(filter=selected)
+
+
+def scan_run(output_uri: str, table: str, run_id: str, columns: list[str] | None = None,
+             pair_ids: Collection[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """One run's rows of ``table`` as a stream of record batches, so that a run
+    of any size is read in bounded memory; with the current schema, as
+    :func:`read_table`. ``pair_ids`` keeps only those pairs' rows."""
+    _check_run_id(run_id)
+    selected = ds.field("run_id") == run_id
+    if pair_ids is not None:
+        selected = selected & ds.field("pair_id").isin(pa.array(sorted(pair_ids), pa.string()))
+    return _dataset(output_uri, table).to_batches(columns=columns, filter=selected)
 
 
 def latest_pair_status(output_uri: str) -> dict[str, tuple[str, str | None]]:

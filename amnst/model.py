@@ -79,33 +79,38 @@ def feature_extractor(model: keras.Model, indices: tuple[int, ...]) -> keras.Mod
     return keras.Model(model.inputs[0], [model.layers[i].output for i in indices])
 
 
-def load_model(weights: str | Path | None = None, seed: int = 0) -> keras.Sequential:
-    """The seed CNN with weights from a safe file, or seeded random weights."""
+def load_model(weights: str | Path | None = None, seed: int = 0, name: str | None = None) -> keras.Sequential:
+    """The seed CNN with weights from a safe file, or seeded random weights.
+
+    ``name`` is what errors call the file (default: its path), e.g. the URI
+    of a local copy.
+    """
     model = build_model(seed)
     if weights is not None:
-        load_weights(model, weights)
+        load_weights(model, weights, name)
     return model
 
 
-def load_weights(model: keras.Model, path: str | Path) -> None:
+def load_weights(model: keras.Model, path: str | Path, name: str | None = None) -> None:
     """Load Keras ``.weights.h5`` or a pickle-free ``.npz`` written by :func:`save_weights`."""
     path = Path(path)
+    name = name or str(path)
     if not path.is_file():
-        raise WeightsError(f"{path}: no such weight file")
+        raise WeightsError(f"{name}: no such weight file")
     if path.name.endswith(".weights.h5"):
         try:
             model.load_weights(path)
         except (ValueError, OSError) as error:
-            raise WeightsError(f"{path}: cannot load Keras weights ({error})") from None
+            raise WeightsError(f"{name}: cannot load Keras weights ({error})") from None
     elif path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = [archive[f"w{i:03d}"] for i in range(len(archive.files))]
         except (ValueError, KeyError, OSError) as error:
-            raise WeightsError(f"{path}: not a weight archive of this project ({error})") from None
-        set_weights(model, arrays, str(path))
+            raise WeightsError(f"{name}: not a weight archive of this project ({error})") from None
+        set_weights(model, arrays, name)
     else:
-        raise WeightsError(f"{path}: weights must be .weights.h5 or .npz "
+        raise WeightsError(f"{name}: weights must be .weights.h5 or .npz "
                            "(import original .npy files with `amnst weights import`)")
 
 

@@ -34,6 +34,9 @@ from amnst.features import FeatureStack
 # Smallest mel value a log-parameterised target can represent (log of zero
 # is -inf; the mel has empty filter rows and zero padding).
 LOG_FLOOR = 1e-8
+# Offset of the log CNN input: 60 dB below a mel magnitude of 1, about the
+# loudest partials' level at unit-peak audio.
+LOG_INPUT_OFFSET = 1e-3
 # Keeps relative losses finite for an all-zero reference (silence, dead layers).
 RELATIVE_FLOOR = 1e-12
 ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-8
@@ -76,20 +79,33 @@ class StyleTransfer:
 
     def __init__(self, model: keras.Model, config: NSTConfig) -> None:
         self.config = config
-        self.layers = tuple(sorted(set(config.content_layers) | set(config.style_layers)))
-        self._features = FeatureStack(model, self.layers)
+        # One feature stack per CNN input, holding every layer read from it:
+        # a single forward pass when content and style share their input.
+        wanted: dict[str, set[int]] = {}
+        wanted.setdefault(config.content_input, set()).update(config.content_layers)
+        wanted.setdefault(config.style_input, set()).update(config.style_layers)
+        self._stacks = {name: FeatureStack(model, tuple(sorted(layers))) for name, layers in wanted.items()}
         self._step = tf.function(self._step_graph, reduce_retracing=True)
         self._losses = tf.function(self._losses_graph, reduce_retracing=True)
 
     # --- features -----------------------------------------------------------
 
-    def features(self, mels: np.ndarray | tf.Tensor) -> dict[int, tf.Tensor]:
-        """Features of ``(B, n_mels, frames)`` mels at every used layer, in inference mode."""
-        return self._features(tf.expand_dims(tf.convert_to_tensor(mels, tf.float32), -1))
+    def features(self, mels: np.ndarray | tf.Tensor, cnn_input: str = "mel") -> dict[int, tf.Tensor]:
+        """Features of ``(B, n_mels, frames)`` mels, in inference mode, at every
+        layer read from the CNN input ``cnn_input`` (see ``NSTConfig``)."""
+        x = tf.convert_to_tensor(mels, tf.float32)
+        if cnn_input == "log":
+            x = tf.math.log(x + LOG_INPUT_OFFSET)
+        return self._stacks[cnn_input](tf.expand_dims(x, -1))
 
-    def _batched_features(self, mels: np.ndarray, layers: tuple[int, ...]) -> list[tf.Tensor]:
+    def _content_and_style_features(self, mels: tf.Tensor) -> tuple[dict[int, tf.Tensor], dict[int, tf.Tensor]]:
+        cfg = self.config
+        content = self.features(mels, cfg.content_input)
+        return content, content if cfg.style_input == cfg.content_input else self.features(mels, cfg.style_input)
+
+    def _batched_features(self, mels: np.ndarray, layers: tuple[int, ...], cnn_input: str) -> list[tf.Tensor]:
         size = self.config.segments_per_batch
-        chunks = [self.features(mels[i:i + size]) for i in range(0, len(mels), size)]
+        chunks = [self.features(mels[i:i + size], cnn_input) for i in range(0, len(mels), size)]
         return [tf.concat([chunk[layer] for chunk in chunks], axis=0) for layer in layers]
 
     def style_targets(self, style_segments: np.ndarray) -> StyleTargets:
@@ -99,7 +115,7 @@ class StyleTransfer:
         sums = [0.0] * len(self.config.style_layers)
         positions = [0] * len(self.config.style_layers)
         for start in range(0, len(style_segments), size):
-            features = self.features(style_segments[start:start + size])
+            features = self.features(style_segments[start:start + size], self.config.style_input)
             for k, layer in enumerate(self.config.style_layers):
                 f = features[layer]
                 flat = tf.reshape(f, [-1, f.shape[-1]])
@@ -121,7 +137,7 @@ class StyleTransfer:
         ``(B,)`` factor, so a step's content loss is a plain sum of squares.
         """
         cfg = self.config
-        features = self._batched_features(content_segments, cfg.content_layers)
+        features = self._batched_features(content_segments, cfg.content_layers, cfg.content_input)
         targets = []
         for f in features:
             scale = cfg.content_weight / float(np.prod(f.shape[1:]))
@@ -140,15 +156,15 @@ class StyleTransfer:
         coupled Grams, which every segment then reports).
         """
         cfg = self.config
-        features = self.features(mel)
+        content_features, style_features = self._content_and_style_features(mel)
         batch = tf.shape(mel)[0]
         content_loss = tf.zeros([batch])
         for layer, (target, scale) in zip(cfg.content_layers, content):
-            content_loss += _weighted_squared_error(features[layer], target, scale)
+            content_loss += _weighted_squared_error(content_features[layer], target, scale)
         objective = tf.reduce_sum(content_loss)
         style_loss = tf.zeros([batch])
         for layer, gram in zip(cfg.style_layers, grams):
-            f = features[layer]
+            f = style_features[layer]
             h, w, c = f.shape[1], f.shape[2], f.shape[3]
             flat = tf.reshape(f, [batch, h * w, c])
             per_segment = tf.matmul(flat, flat, transpose_a=True)

@@ -9,11 +9,12 @@ runner (``amnst.ray_runner``) runs the same stages as tasks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -107,6 +108,16 @@ def transfer_pair(content: np.ndarray, style: np.ndarray, preset: Preset, transf
 
 # --- the stages as the batch runner runs them --------------------------------
 
+@contextlib.contextmanager
+def timed(stages: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall-clock seconds the block takes to ``stages[name]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
+
+
 @dataclass(frozen=True)
 class Weights:
     """Where the CNN's weights come from: a URI (``None``: seeded random) and their id."""
@@ -169,30 +180,37 @@ def pair_fingerprint(content_sha256: str, style_sha256: str, preset: Preset, wei
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
-def analyse_pair(job: PairJob, weights: Weights) -> tuple[AnalysisInfo, np.ndarray | None]:
+def analyse_pair(job: PairJob, weights: Weights,
+                 stages: dict[str, float] | None = None) -> tuple[AnalysisInfo, np.ndarray | None]:
     """Read and hash both inputs; skip a pair already done, else decode and segment the content.
 
     Returns the analysis and the content segments ``(n, n_mels, frames)``
-    (``None`` when skipped or failed).
+    (``None`` when skipped or failed). ``stages``, when given, gains the
+    seconds spent in ``read`` (reading and hashing both inputs), ``decode``
+    and ``mel`` (mel spectrogram and segments).
     """
     from amnst import audio
 
+    stages = {} if stages is None else stages
     clock = time.perf_counter()
     try:
-        content_bytes = storage.read_bytes(job.content_uri)
-        style_bytes = storage.read_bytes(job.style_uri)
+        with timed(stages, "read"):
+            content_bytes = storage.read_bytes(job.content_uri)
+            style_bytes = storage.read_bytes(job.style_uri)
+            hashes = hashlib.sha256(content_bytes).hexdigest(), hashlib.sha256(style_bytes).hexdigest()
     except storage.StorageError as error:
         return AnalysisInfo("failed", error=str(error), seconds=time.perf_counter() - clock), None
-    hashes = hashlib.sha256(content_bytes).hexdigest(), hashlib.sha256(style_bytes).hexdigest()
     fingerprint = pair_fingerprint(*hashes, job.preset, weights, job.output_uri)
     known = dict(content_sha256=hashes[0], style_sha256=hashes[1], fingerprint=fingerprint)
     if job.done_fingerprint == fingerprint and storage.exists(job.output_uri):
         return AnalysisInfo("skipped", **known, seconds=time.perf_counter() - clock), None
     try:
-        content = audio.load(content_bytes, job.preset.audio, name=job.content_uri)
+        with timed(stages, "decode"):
+            content = audio.load(content_bytes, job.preset.audio, name=job.content_uri)
     except audio.AudioError as error:
         return AnalysisInfo("failed", **known, error=str(error), seconds=time.perf_counter() - clock), None
-    piece = analyse(content, job.preset.audio)
+    with timed(stages, "mel"):
+        piece = analyse(content, job.preset.audio)
     return AnalysisInfo("ready", **known, n_frames=piece.n_frames, n_samples=piece.n_samples,
                         n_segments=len(piece.segments), seconds=time.perf_counter() - clock), piece.segments
 
@@ -215,7 +233,7 @@ def cached_transfer(weights: Weights, config: NSTConfig) -> StyleTransfer:
             with tempfile.TemporaryDirectory() as folder:
                 local = Path(folder) / f"weights{suffix}"
                 local.write_bytes(storage.read_bytes(weights.uri))
-                model = load_model(local, seed=weights.seed)
+                model = load_model(local, seed=weights.seed, name=weights.uri)
         _TRANSFERS[key] = StyleTransfer(model, config)
     return _TRANSFERS[key]
 
@@ -228,41 +246,47 @@ def style_targets_for(style_uri: str, preset: Preset, weights: Weights) -> Style
     return cached_transfer(weights, preset.nst).style_targets(analyse(y, preset.audio).segments)
 
 
-def optimise_segments(segments: np.ndarray, start: int, stop: int, targets: StyleTargets,
+def optimise_segments(segments: np.ndarray, start: int, targets: StyleTargets,
                       preset: Preset, weights: Weights) -> SegmentsResult:
-    """Optimise segments ``start:stop`` of a piece (their indices seed random starts)."""
+    """Optimise ``segments``, the piece's segments from index ``start`` on
+    (their indices seed random starts)."""
     clock = time.perf_counter()
     result = cached_transfer(weights, preset.nst).optimise(
-        segments[start:stop], targets, indices=np.arange(start, stop))
+        segments, targets, indices=np.arange(start, start + len(segments)))
     return SegmentsResult(start, result, time.perf_counter() - clock)
 
 
 def render_pair(job: PairJob, info: AnalysisInfo, parts: list[SegmentsResult],
-                fmt: str = "wav") -> dict[str, Any]:
+                fmt: str = "wav", stages: dict[str, float] | None = None) -> dict[str, Any]:
     """Stitch, invert, encode and write one pair's output; returns the facts of its row.
 
     The output is written last, atomically, so a failure leaves no output.
     The returned dict holds the pair's loss record, its quality measures
-    (``amnst.quality``, measured against the decoded inputs), per-stage
-    seconds, and ``"segments"``: one dict per segment.
+    (``amnst.quality``, measured against the decoded inputs) with those of
+    its reference rows (the content itself, a plain mix), per-stage
+    seconds, and ``"segments"``: one dict per segment. ``stages``, when
+    given, gains the seconds spent in ``invert`` (stitch and inversion),
+    ``encode``, ``quality`` (re-reading the inputs included) and ``write``.
     """
     from amnst import audio, quality
     from amnst.nst import concat_results
 
-    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
     parts = sorted(parts, key=lambda part: part.start)
     result = concat_results([part.result for part in parts])
-    y, mel = render(result.mels, info.n_frames, info.n_samples, job.preset.audio, job.preset.nst)
-    encoded = audio.encode(y, job.preset.audio.sample_rate, fmt)
-    render_seconds = time.perf_counter() - clock
-    clock = time.perf_counter()
-    content, style = (audio.load(storage.read_bytes(uri), job.preset.audio, name=uri)
-                      for uri in (job.content_uri, job.style_uri))
-    measures = quality.assess(y, content, style, job.preset.audio, optimised_mel=mel)
-    quality_seconds = time.perf_counter() - clock
-    clock = time.perf_counter()
-    storage.write_bytes(job.output_uri, encoded)
-    write_seconds = time.perf_counter() - clock
+    with timed(seconds, "invert"):
+        y, mel = render(result.mels, info.n_frames, info.n_samples, job.preset.audio, job.preset.nst)
+    with timed(seconds, "encode"):
+        encoded = audio.encode(y, job.preset.audio.sample_rate, fmt)
+    with timed(seconds, "quality"):
+        content, style = (audio.load(storage.read_bytes(uri), job.preset.audio, name=uri)
+                          for uri in (job.content_uri, job.style_uri))
+        measures = quality.assess_with_references(y, content, style, job.preset.audio, optimised_mel=mel)
+    with timed(seconds, "write"):
+        storage.write_bytes(job.output_uri, encoded)
+    if stages is not None:
+        for name, value in seconds.items():
+            stages[name] = stages.get(name, 0.0) + value
     segments = []
     for part in parts:
         for offset in range(len(part.result.mels)):
@@ -278,13 +302,17 @@ def render_pair(job: PairJob, info: AnalysisInfo, parts: list[SegmentsResult],
             })
     return {**loss_record(result), **measures, "segments": segments,
             "seconds_optimise": sum(part.seconds for part in parts),
-            "seconds_render": render_seconds, "seconds_quality": quality_seconds,
-            "seconds_write": write_seconds}
+            "seconds_render": seconds["invert"] + seconds["encode"],
+            "seconds_quality": seconds["quality"], "seconds_write": seconds["write"]}
 
 
-def loss_record(result: NSTResult) -> dict[str, float | int]:
-    """A piece's losses at the start and end (means over segments) and its rollbacks."""
+def loss_record(result: NSTResult) -> dict[str, Any]:
+    """A piece's losses at the start and end (means over segments), its loss
+    curve (``iterations + 1`` values, mean over segments) and its rollbacks."""
+    from amnst.nst import piece_loss_curve
+
     return {
+        "loss_curve": piece_loss_curve(result).tolist(),
         "loss_start": float(result.loss[0].mean()), "loss_end": float(result.loss[-1].mean()),
         "content_loss_start": float(result.content_loss[0].mean()),
         "content_loss_end": float(result.content_loss[-1].mean()),

@@ -22,6 +22,10 @@ measure documents its formula, range and direction:
 - ``noise_ratio``: mean spectral flatness of the output over the content's.
   > 0; 1 is as noisy as the content, higher is noisier.
 - ``peak``: the output's largest absolute sample; 1.0 or more is clipping.
+
+Reference rows put a transfer's measures in context: the content itself
+(what doing nothing scores) and a plain mix of content and style (what the
+cheapest move toward the style scores); a transfer has to beat the mix.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from amnst.config import AudioConfig
 INDEPENDENT_NETWORK_SEED = 2016
 GRAM_LAYERS = (4, 8, 12, 16)
 N_MFCC = 20
+# The plain mix reference: this much content, the rest style (amnst bench quality's too).
+MIX_CONTENT_GAIN = 0.7
 
 
 def chroma_similarity(output: np.ndarray, content: np.ndarray, config: AudioConfig) -> float:
@@ -104,32 +110,74 @@ def noise_ratio(output: np.ndarray, content: np.ndarray, config: AudioConfig) ->
     return flatness[0] / max(flatness[1], 1e-12)
 
 
-def assess(output: np.ndarray, content: np.ndarray, style: np.ndarray, config: AudioConfig,
-           optimised_mel: np.ndarray | None = None) -> dict[str, float]:
-    """Every measure of one output; ``spectral_convergence`` only when the optimised mel is given."""
+@dataclasses.dataclass(frozen=True)
+class Anchors:
+    """A content and a style with their timbre signatures, computed once.
+
+    Every output (a transfer, the reference rows) is measured against the
+    same two signals; their MFCC statistics and Gram signatures are the
+    costly part of a measure, so they are not recomputed per output.
+    """
+
+    content: np.ndarray
+    style: np.ndarray
+    mfcc_content: np.ndarray
+    mfcc_style: np.ndarray
+    gram_content: list[np.ndarray]
+    gram_style: list[np.ndarray]
+
+    @classmethod
+    def of(cls, content: np.ndarray, style: np.ndarray, config: AudioConfig) -> "Anchors":
+        return cls(content, style, mfcc_statistics(content, config), mfcc_statistics(style, config),
+                   gram_signature(content, config), gram_signature(style, config))
+
+
+def measure(output: np.ndarray, anchors: Anchors, config: AudioConfig,
+            optimised_mel: np.ndarray | None = None) -> dict[str, float]:
+    """Every measure of one output against ``anchors``; ``spectral_convergence``
+    only when the optimised mel is given."""
     from amnst import invert
 
-    mfcc = {name: mfcc_statistics(y, config) for name, y in (("output", output), ("content", content),
-                                                             ("style", style))}
-    grams = {name: gram_signature(y, config) for name, y in (("output", output), ("content", content),
-                                                             ("style", style))}
-    mfcc_content = float(np.linalg.norm(mfcc["content"] - mfcc["style"]))
-    mfcc_output = float(np.linalg.norm(mfcc["output"] - mfcc["style"]))
-    gram_content = gram_distance(grams["content"], grams["style"])
-    gram_output = gram_distance(grams["output"], grams["style"])
+    mfcc_content = float(np.linalg.norm(anchors.mfcc_content - anchors.mfcc_style))
+    mfcc_output = float(np.linalg.norm(mfcc_statistics(output, config) - anchors.mfcc_style))
+    gram_content = gram_distance(anchors.gram_content, anchors.gram_style)
+    gram_output = gram_distance(gram_signature(output, config), anchors.gram_style)
     measures = {
-        "chroma_similarity": chroma_similarity(output, content, config),
-        "onset_correlation": onset_correlation(output, content, config),
+        "chroma_similarity": chroma_similarity(output, anchors.content, config),
+        "onset_correlation": onset_correlation(output, anchors.content, config),
         "mfcc_distance": mfcc_output,
         "mfcc_progress": progress(mfcc_content, mfcc_output),
         "gram_distance": gram_output,
         "gram_progress": progress(gram_content, gram_output),
-        "noise_ratio": noise_ratio(output, content, config),
+        "noise_ratio": noise_ratio(output, anchors.content, config),
         "peak": float(np.max(np.abs(output))),
     }
     if optimised_mel is not None:
         measures["spectral_convergence"] = invert.spectral_convergence(output, optimised_mel, config)
     return measures
+
+
+def assess(output: np.ndarray, content: np.ndarray, style: np.ndarray, config: AudioConfig,
+           optimised_mel: np.ndarray | None = None) -> dict[str, float]:
+    """Every measure of one output; ``spectral_convergence`` only when the optimised mel is given."""
+    return measure(output, Anchors.of(content, style, config), config, optimised_mel)
+
+
+def plain_mix(content: np.ndarray, style: np.ndarray) -> np.ndarray:
+    """``MIX_CONTENT_GAIN`` of the content plus the rest of the style (looped or cut to the
+    content's length): a reference that keeps the content and already moves toward the style."""
+    return MIX_CONTENT_GAIN * content + (1.0 - MIX_CONTENT_GAIN) * np.resize(style, content.shape)
+
+
+def assess_with_references(output: np.ndarray, content: np.ndarray, style: np.ndarray,
+                           config: AudioConfig, optimised_mel: np.ndarray | None = None) -> dict[str, Any]:
+    """The output's measures, and as reference rows those of the content itself
+    (``reference_content``) and of its :func:`plain_mix` with the style
+    (``reference_mix``): what a transfer has to beat, per pair."""
+    anchors = Anchors.of(content, style, config)
+    return {**measure(output, anchors, config, optimised_mel),
+            "reference_content": measure(content, anchors, config),
+            "reference_mix": measure(plain_mix(content, style), anchors, config)}
 
 
 @functools.lru_cache(maxsize=1)

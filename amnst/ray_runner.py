@@ -6,6 +6,7 @@ segments) share the style's Gram targets, computed once per distinct style
 by a ``style`` task; ``render`` (CPU) stitches, inverts, encodes and writes.
 The driver streams the manifest, keeps at most ``max_in_flight`` tasks
 outstanding, consumes results in completion order and records every pair.
+When the run is committed it writes the run's report page (``amnst.report``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import ray
 
-from amnst import metadata, metrics, storage
+from amnst import metadata, metrics, report, storage
 from amnst.config import Preset
 from amnst.manifest import Pair, RowError, read_manifest
 from amnst.pipeline import (AnalysisInfo, PairJob, SegmentsResult, Weights, analyse_pair,
@@ -55,6 +57,8 @@ class RunOptions:
             raise ValueError("num_gpus_per_task must be >= 0 and num_cpus_per_task > 0")
         if self.output_format not in ("wav", "flac"):
             raise ValueError(f"output_format={self.output_format!r} must be wav or flac")
+        if self.metadata_flush_seconds < 0:
+            raise ValueError(f"metadata_flush_seconds={self.metadata_flush_seconds} must be >= 0")
 
 
 @dataclass
@@ -85,6 +89,9 @@ class RunSummary:
     run_id: str
     progress: Progress
     seconds: float
+    # The run's report page (amnst.report), or why it could not be written.
+    report_uri: str | None = None
+    report_error: str | None = None
 
     @property
     def exit_status(self) -> int:
@@ -112,10 +119,15 @@ def _style(style_uri: str, preset: Preset, weights: Weights) -> Any:
 
 
 @ray.remote(max_calls=0)
-def _optimise(segments: Any, start: int, stop: int, targets: Any, preset: Preset,
-              weights: Weights) -> SegmentsResult:
-    result = optimise_segments(segments, start, stop, targets, preset, weights)
-    metrics.worker_metrics()["amnst_worker_nst_iterations"].inc((stop - start) * preset.nst.iterations)
+def _split(segments: np.ndarray, width: int) -> tuple[np.ndarray, ...]:
+    # One object per optimise task: a node then pulls only the segments it optimises.
+    return tuple(segments[start:start + width] for start in range(0, len(segments), width))
+
+
+@ray.remote(max_calls=0)
+def _optimise(segments: Any, start: int, targets: Any, preset: Preset, weights: Weights) -> SegmentsResult:
+    result = optimise_segments(segments, start, targets, preset, weights)
+    metrics.worker_metrics()["amnst_worker_nst_iterations"].inc(len(segments) * preset.nst.iterations)
     return dataclasses.replace(result, node=_node())
 
 
@@ -175,13 +187,21 @@ class _Driver:
         style = self.styles[state.style_key]
         style[1] += 1
         width = info.n_segments if preset.nst.couples_segments else self.options.segments_per_task
+        starts = range(0, info.n_segments, width)
+        chunk_refs = [state.segments_ref]
+        if len(starts) > 1:
+            def submit_split() -> None:
+                chunk_refs[:] = _split.options(num_returns=len(starts), **self.resources(gpu=False)).remote(
+                    state.segments_ref, width)
+                self.pending[chunk_refs[0]] = ("split", state, 0)
+            self.queued.append(submit_split)
         part_refs = []
-        for start in range(0, info.n_segments, width):
+        for part, start in enumerate(starts):
             stop = min(start + width, info.n_segments)
 
-            def submit(start: int = start, stop: int = stop) -> None:
+            def submit(part: int = part, start: int = start, stop: int = stop) -> None:
                 ref = _optimise.options(**self.resources(gpu=True)).remote(
-                    state.segments_ref, start, stop, style[0], preset, self.weights)
+                    chunk_refs[part], start, style[0], preset, self.weights)
                 part_refs.append(ref)
                 self.pending[ref] = ("optimise", state, stop - start)
             self.queued.append(submit)
@@ -190,7 +210,7 @@ class _Driver:
             ref = _render.options(**self.resources(gpu=False)).remote(
                 job, info, self.options.output_format, *part_refs)
             self.pending[ref] = ("render", state, 0)
-            state.segments_ref = None  # the optimise tasks hold it now
+            state.segments_ref = None  # the split or optimise tasks hold it now
         self.queued.append(submit_render)
         self.progress.segments_total += info.n_segments
 
@@ -317,6 +337,12 @@ def run_manifest(manifest_uri: str, options: RunOptions,
         on_progress(driver.progress)
     summary = RunSummary(run_id, driver.progress, time.perf_counter() - clock)
     writer.commit(_run_row(summary, manifest_uri, options, weights, started_at))
+    # The report is a view of the records just committed: failing to write it
+    # is said, but changes neither the run's records nor its exit status.
+    try:
+        summary.report_uri = report.write_report(report.RunLocation(options.output, run_id, writer.date))
+    except storage.StorageError as error:
+        summary.report_error = str(error)
     return summary
 
 
@@ -344,7 +370,9 @@ def _record_bad_row(driver: _Driver, error: RowError) -> None:
     driver.progress.failed += 1
     metrics.PAIRS.labels("failed").inc()
     now = datetime.now(timezone.utc)
-    driver.writer.add_pair({"run_id": driver.run_id, "pair_id": error.pair_id or f"row-{error.row}",
+    # Without an id of its own the row is named by its number, with a ':' that no
+    # pair_id can hold: its failure must never be taken for a pair's record.
+    driver.writer.add_pair({"run_id": driver.run_id, "pair_id": error.pair_id or f"row:{error.row}",
                             "row": error.row, "status": "failed", "error": error.reason,
                             "model_id": driver.weights.id, "started_at": now, "finished_at": now})
 

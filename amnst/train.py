@@ -904,7 +904,7 @@ def _load_model(weights_uri: str) -> keras.Model:
     with tempfile.TemporaryDirectory() as folder:
         local = Path(folder) / f"weights{suffix}"
         local.write_bytes(storage.read_bytes(weights_uri))
-        return load_model(local)
+        return load_model(local, name=weights_uri)
 
 
 def format_evaluation(evaluation: Evaluation) -> str:

@@ -42,6 +42,8 @@ def pair_row(pair_id: str, status: str = "ok", finished_at: datetime = T0, **col
         "seconds_total": 3.75, "seconds_quality": 0.3, "worker_node": "node-1",
         "started_at": finished_at - timedelta(seconds=4), "finished_at": finished_at,
         **{name: 0.5 for name in QUALITY_COLUMNS},
+        "loss_curve": [10.0, 4.0, 1.5], "reference_content": {name: 1.0 for name in QUALITY_COLUMNS},
+        "reference_mix": {name: 0.25 for name in QUALITY_COLUMNS},
     }
     return {**row, **columns}
 

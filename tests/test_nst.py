@@ -50,6 +50,28 @@ def test_seed_loss_equals_the_original_formulas(random_cnn, music_and_rain):
     assert content_part[0] > 0 and style_part[0] > 0
 
 
+def test_log_cnn_input_feeds_the_network_the_offset_log_mel(random_cnn, music_and_rain):
+    from amnst.nst import LOG_INPUT_OFFSET
+
+    mel = segments_of(music_and_rain[0], "default", 1)
+    plain = StyleTransfer(random_cnn, get_preset("seed").nst)  # the same layers, both read from the mel
+    logged = StyleTransfer(random_cnn, get_preset("default").with_overrides(content_input="log",
+                                                                            style_input="log").nst)
+    expected = plain.features(np.log(mel + LOG_INPUT_OFFSET))
+    for layer, f in logged.features(mel, "log").items():
+        np.testing.assert_allclose(f.numpy(), expected[layer].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_content_and_style_can_read_different_inputs(random_cnn, music_and_rain):
+    hybrid = get_preset("default").with_overrides(content_input="mel", style_input="log").nst
+    transfer = StyleTransfer(random_cnn, hybrid)
+    mel = segments_of(music_and_rain[0], "default", 1)
+    assert set(transfer.features(mel, "mel")) == set(hybrid.content_layers)
+    assert set(transfer.features(mel, "log")) == set(hybrid.style_layers)
+    result = transfer.optimise(mel, transfer.style_targets(segments_of(music_and_rain[1], "default")))
+    assert np.all(result.loss[-1] < result.loss[0])
+
+
 @pytest.mark.parametrize("preset", ["default"])
 def test_default_is_exact_under_any_batching(random_cnn, music_and_rain, preset):
     cfg = get_preset(preset).with_overrides(iterations=6, init="random").nst
@@ -132,3 +154,11 @@ def test_non_finite_input_is_refused(random_cnn):
     bad = np.full((1, 384, 431), np.nan, np.float32)
     with pytest.raises(ValueError, match="non-finite"):
         transfer.style_targets(bad)
+
+
+@pytest.mark.parametrize("field", ["content_input", "style_input"])
+def test_an_unknown_cnn_input_is_refused(field):
+    from amnst.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{field}='db' must be one of"):
+        get_preset("default").with_overrides(**{field: "db"})

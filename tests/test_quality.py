@@ -65,3 +65,15 @@ def test_assess_command(pair, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == set(metadata.QUALITY_COLUMNS) - {"spectral_convergence"}
     assert main(["assess", str(tmp_path / "missing.wav"), *map(str, paths[1:])]) == 1
+
+
+def test_reference_rows_are_the_content_and_the_plain_mix_measured_alike(pair):
+    content, style = pair
+    output = 0.5 * content + 0.5 * style
+    measures = quality.assess_with_references(output, content, style, CONFIG)
+    assert {k: v for k, v in measures.items() if not k.startswith("reference_")} == \
+        pytest.approx(quality.assess(output, content, style, CONFIG))
+    assert measures["reference_mix"] == pytest.approx(
+        quality.assess(quality.plain_mix(content, style), content, style, CONFIG))
+    assert measures["reference_content"]["mfcc_progress"] == pytest.approx(0.0)
+    assert np.allclose(quality.plain_mix(content, style[:100]), 0.7 * content + 0.3 * np.resize(style[:100], content.shape))

@@ -1,0 +1,227 @@
+"""How big a cluster a batch needs, and what it costs the object store, the driver and storage.
+
+A pure model: every input is an argument, nothing is measured here.
+:func:`plan` takes a batch (how many pairs, how long, in what window), the
+preset (which fixes segments per pair and iterations), the cost of each unit
+of work, and how the run is laid out, and returns the workers it needs and
+the budgets they imply. ``amnst bench capacity`` feeds it the CPU costs that
+``amnst bench e2e`` measured and the CNN's FLOPs per step; the GPU's speed is
+an assumption (:class:`GpuAssumption`) until it is measured on a GPU.
+
+Units: seconds, bytes, requests; "core-seconds" are seconds of one CPU core.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from amnst.audio import num_frames, num_segments
+from amnst.config import Preset
+
+FLOAT32_BYTES = 4
+# NVIDIA H100 SXM5 data sheet: 67 TFLOP/s FP32 on the CUDA cores (TF32 on the
+# tensor cores: 495 dense). The element-wise half of an NST step runs on the
+# CUDA cores, so FP32 is the honest ceiling for the whole step.
+H100_FP32_FLOPS = 67e12
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch: ``pairs`` pairs of ``pair_seconds`` each, done within ``window_seconds``.
+
+    ``pairs_per_style``: pairs that share one style recording (its Gram
+    targets are computed once); 1 is the worst case, every pair its own style.
+    """
+
+    pairs: int = 100_000
+    pair_seconds: float = 180.0
+    window_seconds: float = 8 * 3600.0
+    pairs_per_style: float = 1.0
+
+
+@dataclass(frozen=True)
+class GpuAssumption:
+    """The GPU's sustained speed on NST steps, as a fraction of a peak rate (FLOP/s).
+
+    Not measured: no GPU was available where this model was written. Replace
+    ``sustained_fraction`` with ``measured rate / peak`` once ``amnst bench
+    nst`` has run on the card.
+    """
+
+    name: str = "NVIDIA H100 SXM5 (assumed, not measured)"
+    peak_flops: float = H100_FP32_FLOPS
+    sustained_fraction: float = 0.2
+
+    def seconds(self, flops: float) -> float:
+        """GPU seconds for ``flops`` floating-point operations at the sustained rate."""
+        return flops / (self.peak_flops * self.sustained_fraction)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What units of work cost; the CPU figures come from ``amnst bench e2e``.
+
+    ``cpu_core_seconds_per_audio_second``: the pair's CPU stages (read,
+    decode, mel, invert, encode, quality, write) in core-seconds per second
+    of the pair's audio. ``style_core_seconds_per_audio_second``: a style's
+    Gram targets (they run as a GPU task; costed like the CPU stages, an
+    upper bound). Storage figures are per pair: requests and bytes moved
+    (inputs read twice, once to analyse and once to assess quality).
+    """
+
+    step_flops_per_segment: float
+    gram_bytes: float
+    cpu_core_seconds_per_audio_second: float
+    style_core_seconds_per_audio_second: float
+    storage_reads_per_pair: float
+    storage_writes_per_pair: float
+    bytes_read_per_audio_second: float
+    bytes_written_per_audio_second: float
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the run is laid out over the cluster (``amnst run`` options and node shapes).
+
+    ``utilisation``: the share of the window the GPUs are kept busy (ramp-up,
+    the tail of the last pairs, retries). ``driver_base_bytes`` is the
+    driver's measured peak (``amnst bench pipeline``: about 170 MB, whatever
+    the manifest's size); ``driver_bytes_per_task`` is an allowance for each
+    task in flight (its job, refs and closures), an assumption. The GPU
+    layout (``segments_per_task``, ``tasks_per_gpu``) and the node shape are
+    assumptions too: batching segments amortises a step's kernel launches,
+    a second task per GPU hides one task's CPU work behind the other's steps.
+    """
+
+    segments_per_task: int = 8
+    tasks_per_gpu: int = 2
+    gpus_per_node: int = 8
+    cpus_per_node: int = 96
+    utilisation: float = 0.8
+    metadata_flush_rows: int = 200
+    metadata_flush_seconds: float = 30.0
+    driver_base_bytes: float = 170e6
+    driver_bytes_per_task: float = 64e3
+
+
+def segment_bytes(preset: Preset) -> int:
+    """Bytes of one float32 mel segment ``(n_mels, segment_frames)``."""
+    return preset.audio.n_mels * preset.audio.segment_frames * FLOAT32_BYTES
+
+
+def segments_per_pair(preset: Preset, seconds: float) -> int:
+    """Segments a piece of ``seconds`` is cut into."""
+    samples = int(round(seconds * preset.audio.sample_rate))
+    return num_segments(num_frames(samples, preset.audio), preset.audio)
+
+
+def pair_object_bytes(preset: Preset, seconds: float) -> int:
+    """Object-store bytes one pair holds at most: its content segments and their optimised copies.
+
+    An optimised segment also carries its loss record: three float32 curves
+    of ``iterations + 1`` values.
+    """
+    segments = segments_per_pair(preset, seconds)
+    losses = 3 * (preset.nst.iterations + 1) * FLOAT32_BYTES
+    return segments * (2 * segment_bytes(preset) + losses)
+
+
+def style_object_bytes(preset: Preset, seconds: float, gram_bytes: float) -> float:
+    """Object-store bytes of one style's targets: its Grams and its own segments."""
+    return gram_bytes + segments_per_pair(preset, seconds) * segment_bytes(preset)
+
+
+def peak_object_bytes(preset: Preset, seconds: float, gram_bytes: float, max_in_flight: int) -> float:
+    """Bound on the object store's primary copies during a run of pairs of ``seconds``.
+
+    The runner admits a pair only while fewer than ``max_in_flight`` tasks
+    are pending, and every admitted pair keeps one pending until it is
+    rendered, so at most ``max_in_flight`` pairs, each with its own style in
+    the worst case, are alive at once.
+    """
+    return max_in_flight * (pair_object_bytes(preset, seconds)
+                            + style_object_bytes(preset, seconds, gram_bytes))
+
+
+def metadata_files(pairs: int, segments: int, seconds: float, flush_rows: int, flush_seconds: float) -> int:
+    """Bound on the Parquet files (storage writes) of a run's records.
+
+    A flush writes one file per table (pairs, segments); it happens when the
+    segments table, which fills first, holds ``flush_rows`` rows or the
+    oldest buffered row has waited ``flush_seconds``; the run lasts
+    ``seconds``. The commit adds the runs row and its marker.
+    """
+    flushes = math.ceil(pairs * segments / flush_rows) + math.ceil(seconds / flush_seconds)
+    return 2 * flushes + 2
+
+
+def plan(batch: Batch, preset: Preset, costs: Costs, gpu: GpuAssumption, layout: Layout) -> dict[str, Any]:
+    """Workers, task slots and budgets for ``batch`` at ``preset``.
+
+    GPU work is the optimise steps (``iterations`` forward-and-backward steps
+    per segment) plus each style's one forward pass (half a step per style
+    segment). Workers are the GPUs (and CPU cores) that finish the batch's
+    work in ``utilisation * window_seconds``. ``max_in_flight`` gives every
+    task slot one task running and one waiting; the object store's bound
+    follows from it (:func:`peak_object_bytes`).
+    """
+    segments = segments_per_pair(preset, batch.pair_seconds)
+    styles = math.ceil(batch.pairs / batch.pairs_per_style)
+    audio_seconds = batch.pairs * batch.pair_seconds
+    segment_iterations = batch.pairs * segments * preset.nst.iterations
+    step_seconds = gpu.seconds(costs.step_flops_per_segment)
+    gpu_seconds = segment_iterations * step_seconds + styles * segments * step_seconds / 2
+    busy = batch.window_seconds * layout.utilisation
+    gpus = math.ceil(gpu_seconds / busy)
+    cpu_core_seconds = (audio_seconds * costs.cpu_core_seconds_per_audio_second
+                        + styles * batch.pair_seconds * costs.style_core_seconds_per_audio_second)
+    cpu_cores = math.ceil(cpu_core_seconds / busy)
+    nodes = max(math.ceil(gpus / layout.gpus_per_node), math.ceil(cpu_cores / layout.cpus_per_node))
+    tasks_per_pair = math.ceil(segments / layout.segments_per_task)
+    max_in_flight = 2 * (gpus * layout.tasks_per_gpu + cpu_cores)
+
+    pair_bytes = pair_object_bytes(preset, batch.pair_seconds)
+    style_bytes = style_object_bytes(preset, batch.pair_seconds, costs.gram_bytes)
+    content_bytes = segments * segment_bytes(preset)
+    # An optimise task receives its pair's whole segments array and slices
+    # it: every node that runs one of the pair's tasks pulls the array once.
+    transfer_per_pair = min(tasks_per_pair, nodes) * content_bytes + pair_bytes - content_bytes
+    records = metadata_files(batch.pairs, segments, batch.window_seconds, layout.metadata_flush_rows,
+                             layout.metadata_flush_seconds)
+    requests = batch.pairs * (costs.storage_reads_per_pair + costs.storage_writes_per_pair) + records
+    return {
+        "inputs": {"batch": asdict(batch), "preset": preset.name, "iterations": preset.nst.iterations,
+                   "costs": asdict(costs), "gpu": asdict(gpu), "layout": asdict(layout)},
+        "segments_per_pair": segments,
+        "audio_hours": audio_seconds / 3600,
+        "segment_iterations": segment_iterations,
+        "gpu_seconds_per_segment_iteration": step_seconds,
+        "gpu_seconds_per_audio_second": gpu_seconds / audio_seconds,
+        "gpu_hours": gpu_seconds / 3600,
+        "gpu_workers": gpus,
+        "cpu_core_hours": cpu_core_seconds / 3600,
+        "cpu_cores": cpu_cores,
+        "cpu_cores_per_gpu": cpu_cores / gpus,
+        "nodes": nodes,
+        "task_slots": {"gpu": gpus * layout.tasks_per_gpu, "cpu": cpu_cores},
+        "max_in_flight": max_in_flight,
+        "pairs_per_second": batch.pairs / busy,
+        "object_store": {
+            "segment_bytes": segment_bytes(preset),
+            "pair_bytes": pair_bytes,
+            "style_bytes": style_bytes,
+            "peak_bytes_bound": peak_object_bytes(preset, batch.pair_seconds, costs.gram_bytes, max_in_flight),
+            "network_bytes_per_pair": transfer_per_pair,
+            "network_bytes_per_second": transfer_per_pair * batch.pairs / busy,
+        },
+        "driver_bytes": (layout.driver_base_bytes + max_in_flight * layout.driver_bytes_per_task),
+        "storage": {
+            "requests": requests,
+            "requests_per_second": requests / busy,
+            "metadata_files": records,
+            "read_bytes_per_second": audio_seconds * costs.bytes_read_per_audio_second / busy,
+            "write_bytes_per_second": audio_seconds * costs.bytes_written_per_audio_second / busy,
+        },
+    }
