@@ -179,15 +179,15 @@ def plan(batch: Batch, preset: Preset, costs: Costs, gpu: GpuAssumption, layout:
                         + styles * batch.pair_seconds * costs.style_core_seconds_per_audio_second)
     cpu_cores = math.ceil(cpu_core_seconds / busy)
     nodes = max(math.ceil(gpus / layout.gpus_per_node), math.ceil(cpu_cores / layout.cpus_per_node))
-    tasks_per_pair = math.ceil(segments / layout.segments_per_task)
     max_in_flight = 2 * (gpus * layout.tasks_per_gpu + cpu_cores)
 
     pair_bytes = pair_object_bytes(preset, batch.pair_seconds)
     style_bytes = style_object_bytes(preset, batch.pair_seconds, costs.gram_bytes)
     content_bytes = segments * segment_bytes(preset)
-    # An optimise task receives its pair's whole segments array and slices
-    # it: every node that runs one of the pair's tasks pulls the array once.
-    transfer_per_pair = min(tasks_per_pair, nodes) * content_bytes + pair_bytes - content_bytes
+    # A split task cuts the pair's segments into one object per optimise task,
+    # so the segments cross the network at most twice (to the split task,
+    # then each chunk to its optimise task) whatever the number of nodes.
+    transfer_per_pair = content_bytes + pair_bytes
     records = metadata_files(batch.pairs, segments, batch.window_seconds, layout.metadata_flush_rows,
                              layout.metadata_flush_seconds)
     requests = batch.pairs * (costs.storage_reads_per_pair + costs.storage_writes_per_pair) + records

@@ -211,7 +211,9 @@ PRESETS: dict[str, Preset] = {
             style_layers=(4, 8, 12, 16),
             content_weight=1.0,
             style_weight=10.0,
-            iterations=100,
+            # bench quality: 100 iterations buy +0.06 Gram and +0.02 MFCC progress
+            # over 50, at twice the compute and with more noise (README, Quality).
+            iterations=50,
             learning_rate=0.1,
             optimizer="adam",
             parameterization="log",
