@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# librosa's numba kernels, compiled once here: workers compiling them at once crash (quality.py).
+	$(BIN)/python -c 'from amnst import quality; quality.compile_kernels()'
 	touch $(STAMP)
 
 venv: $(STAMP)

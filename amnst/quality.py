@@ -180,6 +180,26 @@ def assess_with_references(output: np.ndarray, content: np.ndarray, style: np.nd
             "reference_mix": measure(plain_mix(content, style), anchors, config)}
 
 
+def compile_kernels() -> None:
+    """Compile, and cache on disk, the numba kernels librosa runs in these
+    measures and in the reference inversion, once, in this process.
+
+    librosa caches its kernels beside its own sources. Processes compiling the
+    same kernel at once (Ray workers on a fresh install) can load each other's
+    half-written cache and die of SIGSEGV; after this, they only read it. The
+    project's set-up and its image run it once.
+    """
+    from amnst import audio, invert, synth
+
+    config = AudioConfig(mel_power=1.0)
+    music, rain = synth.music(2.0, seed=0), synth.rain(2.0, seed=0)
+    chroma_similarity(music, rain, config)
+    onset_correlation(music, rain, config)
+    mfcc_statistics(music, config)
+    noise_ratio(music, rain, config)
+    invert.reference_mel_to_audio(audio.mel_spectrogram(music, config), config, n_iter=1)
+
+
 @functools.lru_cache(maxsize=1)
 def _independent_stack() -> Any:
     from amnst.features import FeatureStack

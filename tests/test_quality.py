@@ -77,3 +77,15 @@ def test_reference_rows_are_the_content_and_the_plain_mix_measured_alike(pair):
         quality.assess(quality.plain_mix(content, style), content, style, CONFIG))
     assert measures["reference_content"]["mfcc_progress"] == pytest.approx(0.0)
     assert np.allclose(quality.plain_mix(content, style[:100]), 0.7 * content + 0.3 * np.resize(style[:100], content.shape))
+
+
+def test_compile_kernels_caches_the_kernel_that_crashed_racing_workers():
+    # chroma_stft's tuning estimate (piptrack) is the kernel two fresh Ray workers compiled at
+    # once and crashed on; after compile_kernels a worker only reads it from librosa's cache.
+    from pathlib import Path
+
+    import librosa
+
+    quality.compile_kernels()
+    cache = Path(librosa.__file__).parent / "core" / "__pycache__"
+    assert any(path.name.startswith("pitch._pi_wrapper") for path in cache.glob("*.nbi"))
