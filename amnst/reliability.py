@@ -461,19 +461,17 @@ def descendants_named(prefix: bytes) -> list[int]:
     return found
 
 
-class ProcessKiller:
-    """While entered, SIGKILLs the first descendant named ``prefix`` seen once ``armed`` is set.
+class _Sampler:
+    """A context manager that calls ``_sample()`` every ``interval`` seconds on a
+    thread of its own while entered, until ``_sample()`` returns True."""
 
-    It looks every 20 ms, so it catches a task of a fraction of a second.
-    """
+    interval = 0.1
 
-    def __init__(self, prefix: bytes, armed: threading.Event, count: int = 1) -> None:
-        self.prefix, self.armed, self.count = prefix, armed, count
-        self.killed: list[int] = []
+    def __init__(self) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "ProcessKiller":
+    def __enter__(self) -> "_Sampler":
         self._thread.start()
         return self
 
@@ -481,15 +479,36 @@ class ProcessKiller:
         self._stop.set()
         self._thread.join()
 
-    def _watch(self) -> None:
-        while not self._stop.wait(0.02) and len(self.killed) < self.count:
-            if self.armed.is_set():
-                for pid in descendants_named(self.prefix)[:self.count - len(self.killed)]:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:  # it finished meanwhile
-                        continue
-                    self.killed.append(pid)
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval) and not self._sample():
+            pass
+
+    def _sample(self) -> bool:
+        raise NotImplementedError
+
+
+class ProcessKiller(_Sampler):
+    """While entered, SIGKILLs the first descendant named ``prefix`` seen once ``armed`` is set.
+
+    It looks every 20 ms, so it catches a task of a fraction of a second.
+    """
+
+    interval = 0.02
+
+    def __init__(self, prefix: bytes, armed: threading.Event, count: int = 1) -> None:
+        super().__init__()
+        self.prefix, self.armed, self.count = prefix, armed, count
+        self.killed: list[int] = []
+
+    def _sample(self) -> bool:
+        if self.armed.is_set():
+            for pid in descendants_named(self.prefix)[:self.count - len(self.killed)]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # it finished meanwhile
+                    continue
+                self.killed.append(pid)
+        return len(self.killed) >= self.count
 
 
 def _status_kb(pid: int, field_name: str) -> int:
@@ -503,7 +522,7 @@ def _status_kb(pid: int, field_name: str) -> int:
     return 0
 
 
-class MemoryWatch:
+class MemoryWatch(_Sampler):
     """While entered, the peak memory of this (driver) process above its start, and of Ray's workers.
 
     Sampled every 0.1 s by a thread; a worker's figure is its own high-water
@@ -511,24 +530,15 @@ class MemoryWatch:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self.driver_start_kb = self.driver_peak_kb = _status_kb(os.getpid(), "VmRSS")
         self.worker_peak_kb = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self) -> "MemoryWatch":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.1):
-            self.driver_peak_kb = max(self.driver_peak_kb, _status_kb(os.getpid(), "VmRSS"))
-            peaks = (_status_kb(pid, "VmHWM") for pid in descendants_named(b"ray::"))
-            self.worker_peak_kb = max(self.worker_peak_kb, *peaks, 0)
+    def _sample(self) -> bool:
+        self.driver_peak_kb = max(self.driver_peak_kb, _status_kb(os.getpid(), "VmRSS"))
+        peaks = (_status_kb(pid, "VmHWM") for pid in descendants_named(b"ray::"))
+        self.worker_peak_kb = max(self.worker_peak_kb, *peaks, 0)
+        return False
 
     def figures(self) -> dict[str, float]:
         return {"driver_growth_mb": round((self.driver_peak_kb - self.driver_start_kb) / 1024, 1),

@@ -186,8 +186,9 @@ def test_the_report_opens_in_a_headless_browser_with_every_picture_and_player(lo
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
     if missing:
-        pytest.skip(f"{', '.join(missing)} missing: apt-get install chromium chromium-driver "
-                    "(`make test` does it as root)")
+        pytest.skip(f"the browser check needs Debian's Chromium and ChromeDriver, and {', '.join(missing)} "
+                    "is missing: `make test` installs them when run as root with apt-get; otherwise "
+                    "apt-get install chromium chromium-driver")
     from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
