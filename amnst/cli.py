@@ -110,12 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                            ("train", "CNN training samples/s on Ray with 1 and 2 workers, and on a GPU if any"),
                            ("reliability", "bad inputs, storage faults, worker, driver and node loss: pairs "
                                            "expected, done, lost and duplicated (--quick: no 10-minute piece)")):
-        sub = bench_commands.add_parser(name, help=helptext, description=helptext)
-        sub.add_argument("--json", help="also write the figures to this file")
-        sub.add_argument("--quick", action="store_true", help="fewer repeats (for smoke tests)")
-        sub.set_defaults(command=command_bench, benchmark=name)
-    quality = bench_commands.add_parser(
-        "quality", help="presets over the synthesized evaluation set, against reference rows",
+        _add_bench_parser(bench_commands, name, helptext, "fewer repeats (for smoke tests)")
+    quality = _add_bench_parser(
+        bench_commands, "quality", "presets over the synthesized evaluation set, against reference rows",
+        "three pairs, ten iterations (smoke test)",
         description="Run presets and variants over the synthesized evaluation pairs and print a table of "
                     "quality measures, with the content itself and a plain mix as reference rows.")
     quality.add_argument("--preset", action="append", dest="presets", help="a preset to run (repeatable)")
@@ -123,22 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help='a preset with overrides, e.g. "default:style_weight=100,style_layers=4+8"')
     quality.add_argument("--weights", help="CNN weights for every method (default: seeded random)")
     quality.add_argument("--seconds", type=_positive_float, default=10.0, help="length of each pair (s)")
-    quality.add_argument("--json", help="also write the figures to this file")
-    quality.add_argument("--quick", action="store_true", help="three pairs, ten iterations (smoke test)")
-    quality.set_defaults(command=command_bench, benchmark="quality")
-    e2e = bench_commands.add_parser(
-        "e2e", help="seconds of compute per second of audio, stage by stage, for pairs of each length",
+    e2e = _add_bench_parser(
+        bench_commands, "e2e", "seconds of compute per second of audio, stage by stage, for pairs of each length",
+        "2 iterations, pairs of 4 and 8 s (smoke test)",
         description="Run one synthesized pair per length through the batch runner's stages in this process "
                     "(default preset, files in a temporary folder) and report seconds per stage and per "
                     "second of audio, the 0.5 target, and how cost per audio second spreads across lengths.")
     e2e.add_argument("--seconds", type=_positive_float, nargs="+", default=[10.0, 30.0, 120.0],
                      help="pair lengths (s)")
     e2e.add_argument("--segments-per-task", type=int, help="segments per optimise call (default: amnst run's)")
-    e2e.add_argument("--json", help="also write the figures to this file")
-    e2e.add_argument("--quick", action="store_true", help="2 iterations, pairs of 4 and 8 s (smoke test)")
-    e2e.set_defaults(command=command_bench, benchmark="e2e")
-    capacity = bench_commands.add_parser(
-        "capacity", help="GPU workers and budgets for a nightly batch, from measured CPU costs",
+    capacity = _add_bench_parser(
+        bench_commands, "capacity", "GPU workers and budgets for a nightly batch, from measured CPU costs",
+        "without --e2e: a quick e2e (smoke test)",
         description="The capacity model (amnst.capacity): GPU workers, CPU cores, max in flight, object "
                     "store, driver and storage budgets for a batch, from `amnst bench e2e` figures and an "
                     "assumed GPU rate.")
@@ -148,11 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     capacity.add_argument("--window-hours", type=_positive_float, default=8.0, help="time to finish it (h)")
     capacity.add_argument("--gpu-fraction", type=_positive_float,
                           help="sustained fraction of the H100's FP32 rate (default: the model's assumption)")
-    capacity.add_argument("--json", help="also write the figures to this file")
-    capacity.add_argument("--quick", action="store_true", help="without --e2e: a quick e2e (smoke test)")
-    capacity.set_defaults(command=command_bench, benchmark="capacity")
     add_submit_parser(commands)
     return parser
+
+
+def _add_bench_parser(bench_commands: Any, name: str, helptext: str, quick_help: str,
+                      description: str | None = None) -> argparse.ArgumentParser:
+    """``amnst bench NAME``, with the ``--json`` and ``--quick`` every benchmark takes."""
+    sub = bench_commands.add_parser(name, help=helptext, description=description or helptext)
+    sub.add_argument("--json", help="also write the figures to this file")
+    sub.add_argument("--quick", action="store_true", help=quick_help)
+    sub.set_defaults(command=command_bench, benchmark=name)
+    return sub
 
 
 def add_training_commands(commands: Any) -> None:
