@@ -128,6 +128,13 @@ def left_of_comparison(expr: str) -> str | None:
     return expr[:cut].strip() if cut else None
 
 
+def watched_value(expr: str) -> str | None:
+    """What must have data while the alert ``expr`` is healthy (empty): ``X`` of ``absent(X)``, else ``A``
+    of ``A > B``."""
+    inner = re.fullmatch(r"absent\((.*)\)", expr.strip(), flags=re.DOTALL)
+    return inner.group(1).strip() if inner else left_of_comparison(expr)
+
+
 def test_the_expression_parser_picks_metric_names_only():
     expr = ('sum by (job, amnst_label) (rate(amnst_pairs_total{status="failed", amnst_x=~"amnst_y"}[1m])) '
             '/ on (job) group_left (amnst_z) max(ray_amnst_worker_nst_iterations_total) > 0.05')
@@ -135,6 +142,7 @@ def test_the_expression_parser_picks_metric_names_only():
     assert left_of_comparison("time() - max by (job) (x{a=\">\"} > 0) > 26 * 3600") == \
         'time() - max by (job) (x{a=">"} > 0)'
     assert left_of_comparison("absent(x > 0)") is None
+    assert watched_value("absent(x > 0)") == "x > 0" and watched_value("a - b > 3") == "a - b"
 
 
 def test_every_metric_in_the_dashboard_and_the_rules_exists():
@@ -499,7 +507,7 @@ def observed(servers, moto_server, tmp_path_factory) -> Iterator[Observations]:
         gateway_before = get(f"http://{gateway}/metrics")
 
         expressions = [expr for _, expr in dashboard_queries()] + list(alert_exprs.values())
-        expressions += [left for left in map(left_of_comparison, alert_exprs.values()) if left]
+        expressions += [value for value in map(watched_value, alert_exprs.values()) if value]
         seen = {expr: Seen() for expr in expressions}
         alerts_seen: set[str] = set()
 
@@ -572,10 +580,10 @@ def test_every_alert_expression_evaluates_and_its_condition_has_data(observed):
     for name, expr in alerts().items():
         record = observed.seen[expr]
         assert not record.errors and record.polls, f"{name}: {record.errors[:3]}"
-        left = left_of_comparison(expr)
-        # Healthy = empty (staleness): the compared value itself must have data.
-        assert record.with_data or (left and observed.seen[left].with_data and observed.seen[left].finite), \
-            f"{name}: neither {expr} nor its left side returned data"
+        value = watched_value(expr)
+        # Healthy = empty (staleness, absence): then the watched value itself must have data.
+        assert record.with_data or (value and observed.seen[value].with_data and observed.seen[value].finite), \
+            f"{name}: neither {expr} nor {value} returned data"
     assert all(health == "ok" for _, health, _ in observed.rules_health), observed.rules_health
 
 

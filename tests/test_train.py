@@ -260,27 +260,35 @@ MORE = 6
 def test_a_rerun_resumes_and_a_killed_worker_restarts_from_a_checkpoint(trained):
     finished_options, _ = trained
     # A copy of the finished training, trained on for more epochs; a worker dies on the way, once
-    # the rerun has checkpointed an epoch of its own. Several epochs remain after that one, so on a
-    # loaded machine the kill still lands mid-training, not after the last report.
+    # Ray Train has registered a checkpoint of the rerun's own. Registration lags the worker's report
+    # (the controller polls for it), so the epoch rows alone do not show it: the controller's snapshot
+    # does. Several epochs remain after that one, so on a loaded machine the kill still lands
+    # mid-training, not after the last report.
     options = dataclasses.replace(finished_options, output=f"s3://{BUCKET}/resumed", epochs=EPOCHS + MORE)
     for uri in storage.list_uris(finished_options.output):
         storage.write_bytes(options.output + uri[len(finished_options.output):], storage.read_bytes(uri))
+    snapshot = f"{options.output}/checkpoints/{train.RUN_NAME}/checkpoint_manager_snapshot.json"
     killed: list[int] = []
     finished = threading.Event()
     # Workers of the earlier training may outlive it for a while: only the rerun's are fair game.
     earlier_workers = set(descendants_named(b"ray::RayTrainWorker"))
 
-    def kill_a_worker_after_the_second_epoch_of_the_rerun() -> None:
-        second, last = f"epoch-{EPOCHS + 1:05d}", f"epoch-{EPOCHS + MORE - 1:05d}"
+    def registered_epoch() -> int:
+        latest = json.loads(storage.read_bytes(snapshot)).get("latest_checkpoint_result") or {}
+        return int(latest.get("metrics", {}).get("epoch", -1))
+
+    def kill_a_worker_once_the_rerun_has_a_checkpoint() -> None:
+        last = f"epoch-{EPOCHS + MORE - 1:05d}"
         while not finished.is_set() and not killed:
-            rows = " ".join(storage.list_uris(f"{options.output}/_amnst/training"))
-            workers = [pid for pid in descendants_named(b"ray::RayTrainWorker") if pid not in earlier_workers]
-            if second in rows and last not in rows and workers:
-                os.kill(workers[0], signal.SIGKILL)
-                killed.append(workers[0])
+            if registered_epoch() >= EPOCHS:
+                workers = [pid for pid in descendants_named(b"ray::RayTrainWorker") if pid not in earlier_workers]
+                rows = " ".join(storage.list_uris(f"{options.output}/_amnst/training"))
+                if workers and last not in rows:
+                    os.kill(workers[0], signal.SIGKILL)
+                    killed.append(workers[0])
             time.sleep(0.2)
 
-    killer = threading.Thread(target=kill_a_worker_after_the_second_epoch_of_the_rerun, daemon=True)
+    killer = threading.Thread(target=kill_a_worker_once_the_rerun_has_a_checkpoint, daemon=True)
     killer.start()
     try:
         card = train.train(options)
