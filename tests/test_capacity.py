@@ -83,14 +83,14 @@ def test_bench_e2e_quick_reports_every_stage_and_the_spread(tmp_path, capsys):
     assert plan_figures["gpu_workers"] >= 1 and plan_figures["cpu_costs_from"]["audio_seconds"] == 8.0
 
 
-PAIRS, PAIR_SECONDS, MAX_IN_FLIGHT = 6, 6.0, 8
+PAIRS, PAIR_SECONDS, MAX_IN_FLIGHT = 4, 6.0, 6
 
 
 @pytest.fixture()
 def gpu_cluster():
-    """A CPU-only head and three nodes of one logical GPU and two CPUs each."""
+    """A CPU-only head and two nodes of one logical GPU and two CPUs each."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-    workers = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(3)]
+    workers = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
     yield cluster, workers
