@@ -46,46 +46,51 @@ N_MFCC = 20
 MIX_CONTENT_GAIN = 0.7
 
 
-def chroma_similarity(output: np.ndarray, content: np.ndarray, config: AudioConfig) -> float:
-    a, b = (librosa.feature.chroma_stft(y=y, sr=config.sample_rate, n_fft=config.n_fft,
-                                        hop_length=config.hop_length).astype(np.float64)
-            for y in (output, content))
-    a, b = _common_length(a, b)
-    norms = np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0)
-    voiced = norms > 1e-12
-    return float(np.mean(np.sum(a * b, axis=0)[voiced] / norms[voiced])) if voiced.any() else 0.0
+@dataclasses.dataclass(frozen=True)
+class Timbre:
+    """A signal's timbre summaries: MFCC statistics ``(40,)`` and Gram signature."""
+
+    mfcc: np.ndarray
+    gram: list[np.ndarray]
 
 
-def onset_correlation(output: np.ndarray, content: np.ndarray, config: AudioConfig) -> float:
-    a, b = (librosa.onset.onset_strength(y=y, sr=config.sample_rate, hop_length=config.hop_length)
-            for y in (output, content))
-    a, b = _common_length(a[None], b[None])
-    if a.std() == 0 or b.std() == 0:
-        return 0.0
-    return float(np.corrcoef(a[0], b[0])[0, 1])
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """Everything the measures read of one signal, each computed once.
+
+    ``chroma`` ``(12, frames)``; ``onset`` the onset-strength envelope
+    ``(frames,)``; ``flatness`` the mean spectral flatness; ``peak`` the
+    largest absolute sample.
+    """
+
+    chroma: np.ndarray
+    onset: np.ndarray
+    flatness: float
+    peak: float
+    timbre: Timbre
 
 
-def mfcc_statistics(y: np.ndarray, config: AudioConfig) -> np.ndarray:
-    """Means and standard deviations of 20 MFCCs over time, ``(40,)``."""
-    coefficients = librosa.feature.mfcc(y=y, sr=config.sample_rate, n_mfcc=N_MFCC, n_fft=config.n_fft,
-                                        hop_length=config.hop_length)
+def power_spectrogram(y: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """``|STFT|^2`` of ``y``, ``(1 + n_fft // 2, frames)``: the one STFT chroma, MFCCs,
+    flatness and the Gram signature share (centred, Hann, as librosa's defaults)."""
+    return np.abs(librosa.stft(y, n_fft=config.n_fft, hop_length=config.hop_length, center=True)) ** 2
+
+
+def mfcc_statistics(power: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """Means and standard deviations of 20 MFCCs over time, ``(40,)``, from a power spectrogram."""
+    mel = librosa.feature.melspectrogram(S=power, sr=config.sample_rate, n_fft=config.n_fft)
+    coefficients = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=N_MFCC)
     return np.concatenate([coefficients.mean(axis=1), coefficients.std(axis=1)])
 
 
-def progress(distance_content_style: float, distance_output_style: float) -> float:
-    """How far the output moved from the content toward the style (1: all the way)."""
-    if distance_content_style <= 0:
-        return 0.0
-    return (distance_content_style - distance_output_style) / distance_content_style
-
-
-def gram_signature(y: np.ndarray, config: AudioConfig) -> list[np.ndarray]:
-    """Position-normalised Gram matrices of ``y``'s magnitude mel at ``GRAM_LAYERS``
-    of the independent random network, pooled over all segments."""
+def gram_signature(power: np.ndarray, config: AudioConfig) -> list[np.ndarray]:
+    """Position-normalised Gram matrices of the magnitude mel of a power spectrogram at
+    ``GRAM_LAYERS`` of the independent random network, pooled over all segments."""
     from amnst import audio
 
     magnitude = dataclasses.replace(config, mel_power=1.0)
-    segments = audio.segment(audio.mel_spectrogram(y, magnitude), magnitude)
+    mel = (audio.mel_basis(magnitude) @ np.sqrt(power)).astype(np.float32)
+    segments = audio.segment(mel, magnitude)
     stack = _independent_stack()
     sums: list[Any] = [0.0] * len(GRAM_LAYERS)
     positions = [0] * len(GRAM_LAYERS)
@@ -98,38 +103,86 @@ def gram_signature(y: np.ndarray, config: AudioConfig) -> list[np.ndarray]:
     return [s / n for s, n in zip(sums, positions)]
 
 
+def timbre(y: np.ndarray, config: AudioConfig, power: np.ndarray | None = None) -> Timbre:
+    """``y``'s :class:`Timbre`; ``power`` is its power spectrogram, when already computed."""
+    power = power_spectrogram(y, config) if power is None else power
+    return Timbre(mfcc_statistics(power, config), gram_signature(power, config))
+
+
+def signature(y: np.ndarray, config: AudioConfig) -> Signature:
+    """``y``'s :class:`Signature`."""
+    power = power_spectrogram(y, config)
+    # Onset strength keeps librosa's own analysis (2048-point STFT, 128 mels).
+    onset = librosa.onset.onset_strength(y=y, sr=config.sample_rate, hop_length=config.hop_length)
+    return Signature(
+        chroma=librosa.feature.chroma_stft(S=power, sr=config.sample_rate, n_fft=config.n_fft).astype(np.float64),
+        onset=onset,
+        flatness=float(np.mean(librosa.feature.spectral_flatness(S=np.sqrt(power), n_fft=config.n_fft))),
+        peak=float(np.max(np.abs(y))),
+        timbre=timbre(y, config, power))
+
+
+def chroma_similarity(output: Signature, content: Signature) -> float:
+    a, b = _common_length(output.chroma, content.chroma)
+    norms = np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0)
+    voiced = norms > 1e-12
+    return float(np.mean(np.sum(a * b, axis=0)[voiced] / norms[voiced])) if voiced.any() else 0.0
+
+
+def onset_correlation(output: Signature, content: Signature) -> float:
+    a, b = _common_length(output.onset[None], content.onset[None])
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a[0], b[0])[0, 1])
+
+
+def noise_ratio(output: Signature, content: Signature) -> float:
+    return output.flatness / max(content.flatness, 1e-12)
+
+
+def progress(distance_content_style: float, distance_output_style: float) -> float:
+    """How far the output moved from the content toward the style (1: all the way)."""
+    if distance_content_style <= 0:
+        return 0.0
+    return (distance_content_style - distance_output_style) / distance_content_style
+
+
 def gram_distance(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     """Mean over layers of ``||Ga - Gb||_F / ||Gb||_F``."""
     return float(np.mean([np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-12) for x, y in zip(a, b)]))
 
 
-def noise_ratio(output: np.ndarray, content: np.ndarray, config: AudioConfig) -> float:
-    flatness = [float(np.mean(librosa.feature.spectral_flatness(y=y, n_fft=config.n_fft,
-                                                                hop_length=config.hop_length)))
-                for y in (output, content)]
-    return flatness[0] / max(flatness[1], 1e-12)
-
-
 @dataclasses.dataclass(frozen=True)
 class Anchors:
-    """A content and a style with their timbre signatures, computed once.
+    """The content's signature and the style's timbre, computed once: every
+    output (a transfer, the reference rows) is measured against them."""
 
-    Every output (a transfer, the reference rows) is measured against the
-    same two signals; their MFCC statistics and Gram signatures are the
-    costly part of a measure, so they are not recomputed per output.
-    """
-
-    content: np.ndarray
-    style: np.ndarray
-    mfcc_content: np.ndarray
-    mfcc_style: np.ndarray
-    gram_content: list[np.ndarray]
-    gram_style: list[np.ndarray]
+    content: Signature
+    style: Timbre
 
     @classmethod
     def of(cls, content: np.ndarray, style: np.ndarray, config: AudioConfig) -> "Anchors":
-        return cls(content, style, mfcc_statistics(content, config), mfcc_statistics(style, config),
-                   gram_signature(content, config), gram_signature(style, config))
+        return cls(signature(content, config), timbre(style, config))
+
+
+def compare(output: Signature, anchors: Anchors) -> dict[str, float]:
+    """Every measure of an output's signature against ``anchors`` (all but
+    ``spectral_convergence``, which needs the optimised mel)."""
+    content, style = anchors.content.timbre, anchors.style
+    mfcc_content = float(np.linalg.norm(content.mfcc - style.mfcc))
+    mfcc_output = float(np.linalg.norm(output.timbre.mfcc - style.mfcc))
+    gram_content = gram_distance(content.gram, style.gram)
+    gram_output = gram_distance(output.timbre.gram, style.gram)
+    return {
+        "chroma_similarity": chroma_similarity(output, anchors.content),
+        "onset_correlation": onset_correlation(output, anchors.content),
+        "mfcc_distance": mfcc_output,
+        "mfcc_progress": progress(mfcc_content, mfcc_output),
+        "gram_distance": gram_output,
+        "gram_progress": progress(gram_content, gram_output),
+        "noise_ratio": noise_ratio(output, anchors.content),
+        "peak": output.peak,
+    }
 
 
 def measure(output: np.ndarray, anchors: Anchors, config: AudioConfig,
@@ -138,20 +191,7 @@ def measure(output: np.ndarray, anchors: Anchors, config: AudioConfig,
     only when the optimised mel is given."""
     from amnst import invert
 
-    mfcc_content = float(np.linalg.norm(anchors.mfcc_content - anchors.mfcc_style))
-    mfcc_output = float(np.linalg.norm(mfcc_statistics(output, config) - anchors.mfcc_style))
-    gram_content = gram_distance(anchors.gram_content, anchors.gram_style)
-    gram_output = gram_distance(gram_signature(output, config), anchors.gram_style)
-    measures = {
-        "chroma_similarity": chroma_similarity(output, anchors.content, config),
-        "onset_correlation": onset_correlation(output, anchors.content, config),
-        "mfcc_distance": mfcc_output,
-        "mfcc_progress": progress(mfcc_content, mfcc_output),
-        "gram_distance": gram_output,
-        "gram_progress": progress(gram_content, gram_output),
-        "noise_ratio": noise_ratio(output, anchors.content, config),
-        "peak": float(np.max(np.abs(output))),
-    }
+    measures = compare(signature(output, config), anchors)
     if optimised_mel is not None:
         measures["spectral_convergence"] = invert.spectral_convergence(output, optimised_mel, config)
     return measures
@@ -176,7 +216,7 @@ def assess_with_references(output: np.ndarray, content: np.ndarray, style: np.nd
     (``reference_mix``): what a transfer has to beat, per pair."""
     anchors = Anchors.of(content, style, config)
     return {**measure(output, anchors, config, optimised_mel),
-            "reference_content": measure(content, anchors, config),
+            "reference_content": compare(anchors.content, anchors),
             "reference_mix": measure(plain_mix(content, style), anchors, config)}
 
 
@@ -192,11 +232,8 @@ def compile_kernels() -> None:
     from amnst import audio, invert, synth
 
     config = AudioConfig(mel_power=1.0)
-    music, rain = synth.music(2.0, seed=0), synth.rain(2.0, seed=0)
-    chroma_similarity(music, rain, config)
-    onset_correlation(music, rain, config)
-    mfcc_statistics(music, config)
-    noise_ratio(music, rain, config)
+    music = synth.music(2.0, seed=0)
+    signature(music, config)
     invert.reference_mel_to_audio(audio.mel_spectrogram(music, config), config, n_iter=1)
 
 
