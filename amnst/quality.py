@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import librosa
@@ -91,15 +92,13 @@ def gram_signature(power: np.ndarray, config: AudioConfig) -> list[np.ndarray]:
     magnitude = dataclasses.replace(config, mel_power=1.0)
     mel = (audio.mel_basis(magnitude) @ np.sqrt(power)).astype(np.float32)
     segments = audio.segment(mel, magnitude)
-    stack = _independent_stack()
+    grams = _independent_grams()
     sums: list[Any] = [0.0] * len(GRAM_LAYERS)
     positions = [0] * len(GRAM_LAYERS)
     for start in range(0, len(segments), 4):
-        features = stack(segments[start:start + 4, ..., None])
-        for k, layer in enumerate(GRAM_LAYERS):
-            f = np.asarray(features[layer]).reshape(-1, features[layer].shape[-1])
-            sums[k] = sums[k] + f.T @ f
-            positions[k] += len(f)
+        for k, (gram, count) in enumerate(grams(segments[start:start + 4, ..., None])):
+            sums[k] = sums[k] + gram.numpy()
+            positions[k] += int(count)
     return [s / n for s, n in zip(sums, positions)]
 
 
@@ -238,11 +237,24 @@ def compile_kernels() -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _independent_stack() -> Any:
+def _independent_grams() -> Callable[[np.ndarray], list[tuple[Any, Any]]]:
+    """The independent network as one compiled function: segments ``(B, n_mels,
+    frames, 1)`` to, per Gram layer, the Gram matrix summed over the batch's
+    positions and their count."""
+    import tensorflow as tf
+
     from amnst.features import FeatureStack
     from amnst.model import build_model
 
-    return FeatureStack(build_model(seed=INDEPENDENT_NETWORK_SEED), GRAM_LAYERS)
+    stack = FeatureStack(build_model(seed=INDEPENDENT_NETWORK_SEED), GRAM_LAYERS)
+
+    @tf.function(reduce_retracing=True)
+    def grams(x: tf.Tensor) -> list[tuple[tf.Tensor, tf.Tensor]]:
+        features = stack(x)
+        flats = [tf.reshape(features[layer], [-1, features[layer].shape[-1]]) for layer in GRAM_LAYERS]
+        return [(tf.matmul(flat, flat, transpose_a=True), tf.shape(flat)[0]) for flat in flats]
+
+    return grams
 
 
 def _common_length(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
