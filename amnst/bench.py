@@ -61,8 +61,8 @@ def nst_step_flops(model: keras.Model, config: NSTConfig) -> float:
 
     Convolutions up to the deepest used layer, forward and the input gradient
     (the target is the only variable, so no weight gradients): 2 x 2 x MACs.
-    Gram matrices at style layers: 2*H*W*C^2 forward, twice that backward.
-    Element-wise work (activations, pooling, losses, the update) is not counted.
+    Gram matrices at style layers (and of the log-mel's bands, with a spectral
+    style weight): 2*H*W*C^2 forward, twice that backward. Element-wise work (activations, pooling, losses, the update) is not counted.
     """
     deepest = max(config.content_layers + config.style_layers)
     flops = 0.0
@@ -74,6 +74,9 @@ def nst_step_flops(model: keras.Model, config: NSTConfig) -> float:
     for index in config.style_layers:
         _, h, w, c = model.layers[index].output.shape
         flops += 3 * 2.0 * h * w * c * c
+    if config.spectral_style_weight:
+        _, bands, frames, _ = model.layers[0].output.shape
+        flops += 3 * 2.0 * frames * bands * bands
     return flops
 
 

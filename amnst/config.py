@@ -113,6 +113,12 @@ class NSTConfig:
     content_input: str = "mel"
     style_input: str = "mel"
     gram_norm: str = "none"
+    # Weight of the spectral style loss: the Gram matrix of the log-mel's
+    # bands (``log(mel + LOG_INPUT_OFFSET)``, bands as channels, frames as
+    # positions), matched like a layer's. The bands' levels and co-variation
+    # are the timbre (what MFCCs summarise) that the CNN's 2x2 kernels see only
+    # piecewise. Needs ``gram_norm="positions"``.
+    spectral_style_weight: float = 0.0
     # Divide each layer's content loss by the content features' mean square
     # and each style loss by the style Gram's, so that weights are relative
     # errors, comparable across layers, representations and networks.
@@ -147,6 +153,10 @@ class NSTConfig:
                  f"must be one of {CNN_INPUTS}")
         _require(self.style_input in CNN_INPUTS, "style_input", self.style_input, f"must be one of {CNN_INPUTS}")
         _require(self.gram_norm in GRAM_NORMS, "gram_norm", self.gram_norm, f"must be one of {GRAM_NORMS}")
+        _require(self.spectral_style_weight >= 0, "spectral_style_weight", self.spectral_style_weight,
+                 "must be >= 0")
+        _require(not self.spectral_style_weight or self.gram_norm == "positions", "spectral_style_weight",
+                 self.spectral_style_weight, 'needs gram_norm="positions"')
         _require(self.rollback_steps >= 1, "rollback_steps", self.rollback_steps, "must be >= 1")
         _require(self.max_retries >= 0, "max_retries", self.max_retries, "must be >= 0")
         _require(self.inversion in INVERSIONS, "inversion", self.inversion, f"must be one of {INVERSIONS}")

@@ -112,12 +112,11 @@ class StyleTransfer:
         """Gram matrices of the style pooled over all its segments, computed once."""
         _check_segments(style_segments, "style segments")
         size = self.config.segments_per_batch
-        sums = [0.0] * len(self.config.style_layers)
-        positions = [0] * len(self.config.style_layers)
+        maps = len(self.config.style_layers) + bool(self.config.spectral_style_weight)
+        sums, positions = [0.0] * maps, [0] * maps
         for start in range(0, len(style_segments), size):
-            features = self.features(style_segments[start:start + size], self.config.style_input)
-            for k, layer in enumerate(self.config.style_layers):
-                f = features[layer]
+            batch = style_segments[start:start + size]
+            for k, f in enumerate(self._style_maps(self.features(batch, self.config.style_input), batch)):
                 flat = tf.reshape(f, [-1, f.shape[-1]])
                 sums[k] = sums[k] + tf.matmul(flat, flat, transpose_a=True)
                 positions[k] += int(f.shape[0] * f.shape[1] * f.shape[2])
@@ -127,6 +126,15 @@ class StyleTransfer:
             grams = sums
         return StyleTargets(tuple(np.asarray(g, np.float32) for g in grams),
                             np.asarray(style_segments, np.float32))
+
+    def _style_maps(self, style_features: dict[int, tf.Tensor], mels: np.ndarray | tf.Tensor) -> list[tf.Tensor]:
+        """The maps whose Grams the style loss matches, ``(B, H, W, C)`` each: every style
+        layer's, then, with a spectral style weight, the log-mel ``(B, frames, 1, n_mels)``."""
+        maps = [style_features[layer] for layer in self.config.style_layers]
+        if self.config.spectral_style_weight:
+            log_mel = tf.math.log(tf.convert_to_tensor(mels, tf.float32) + LOG_INPUT_OFFSET)
+            maps.append(tf.transpose(log_mel, [0, 2, 1])[:, :, None, :])
+        return maps
 
     # --- losses -------------------------------------------------------------
 
@@ -163,18 +171,18 @@ class StyleTransfer:
             content_loss += _weighted_squared_error(content_features[layer], target, scale)
         objective = tf.reduce_sum(content_loss)
         style_loss = tf.zeros([batch])
-        for layer, gram in zip(cfg.style_layers, grams):
-            f = style_features[layer]
+        weights = [cfg.style_weight] * len(cfg.style_layers) + [cfg.spectral_style_weight]
+        for f, gram, weight in zip(self._style_maps(style_features, mel), grams, weights):
             h, w, c = f.shape[1], f.shape[2], f.shape[3]
             flat = tf.reshape(f, [batch, h * w, c])
             per_segment = tf.matmul(flat, flat, transpose_a=True)
             if cfg.couples_segments:
                 n = tf.cast(batch, tf.float32) * float(h * w * c)
-                error = cfg.style_weight * tf.reduce_sum(tf.square(gram - tf.reduce_sum(per_segment, 0))) / n
+                error = weight * tf.reduce_sum(tf.square(gram - tf.reduce_sum(per_segment, 0))) / n
                 objective += error
                 style_loss += error
             else:
-                scale = cfg.style_weight / float(c * c)
+                scale = weight / float(c * c)
                 if cfg.relative_loss:
                     scale /= tf.reduce_mean(tf.square(gram)) + RELATIVE_FLOOR
                 error = scale * tf.reduce_sum(tf.square(per_segment / float(h * w) - gram), axis=[1, 2])

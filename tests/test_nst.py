@@ -162,3 +162,34 @@ def test_an_unknown_cnn_input_is_refused(field):
 
     with pytest.raises(ConfigError, match=f"{field}='db' must be one of"):
         get_preset("default").with_overrides(**{field: "db"})
+
+
+def test_the_spectral_style_loss_matches_the_log_mel_band_gram(random_cnn, music_and_rain):
+    from amnst.nst import LOG_INPUT_OFFSET
+
+    # Only the spectral term weighs: content and layer style weights are zero.
+    cfg = get_preset("default").with_overrides(content_weight=0.0, style_weight=0.0, spectral_style_weight=3.0,
+                                               relative_loss=False).nst
+    transfer = StyleTransfer(random_cnn, cfg)
+    content, style = segments_of(music_and_rain[0], "default", 2), segments_of(music_and_rain[1], "default")
+    targets = transfer.style_targets(style)
+    assert len(targets.grams) == len(cfg.style_layers) + 1
+
+    def band_grams(mels):  # per segment: bands as channels, frames as positions
+        logs = np.log(mels.astype(np.float64) + LOG_INPUT_OFFSET)
+        return np.einsum("bmt,bnt->bmn", logs, logs) / mels.shape[-1]
+
+    expected_gram = band_grams(style).mean(axis=0)
+    np.testing.assert_allclose(targets.grams[-1], expected_gram, rtol=1e-4)
+    n_mels = content.shape[1]
+    expected = 3.0 * np.sum((band_grams(content) - targets.grams[-1]) ** 2, axis=(1, 2)) / n_mels ** 2
+    total, content_loss, style_loss = transfer.loss(content, content, targets)
+    np.testing.assert_allclose(style_loss, expected, rtol=1e-3)
+    assert np.all(content_loss == 0)
+
+
+def test_the_spectral_style_loss_needs_per_position_grams():
+    from amnst.config import ConfigError
+
+    with pytest.raises(ConfigError, match='spectral_style_weight=1.0 needs gram_norm="positions"'):
+        get_preset("seed").with_overrides(spectral_style_weight=1.0)
