@@ -232,6 +232,8 @@ def add_nst_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--style-layers", help="comma-separated layer indices, e.g. 4,8,12,16")
     parser.add_argument("--content-weight", type=float)
     parser.add_argument("--style-weight", type=float)
+    parser.add_argument("--spectral-style-weight", type=float,
+                        help="weight of the log-mel band Gram style loss (default preset: 0)")
     parser.add_argument("--init", help="starting target: content, style, zero or random")
     parser.add_argument("--lr", type=float, dest="learning_rate", help="learning rate")
     parser.add_argument("--seed", type=int, help="random seed")
@@ -242,7 +244,8 @@ def preset_from_args(args: argparse.Namespace) -> Any:
     from amnst.config import ConfigError, get_preset, parse_layers
 
     overrides: dict[str, Any] = {}
-    for name in ("iterations", "content_weight", "style_weight", "init", "learning_rate", "seed"):
+    for name in ("iterations", "content_weight", "style_weight", "spectral_style_weight", "init", "learning_rate",
+                 "seed"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     try:
