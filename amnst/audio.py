@@ -49,7 +49,10 @@ def decode(source: str | Path | bytes, name: str | None = None) -> tuple[np.ndar
         handle = str(path)
     try:
         data, sample_rate = sf.read(handle, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+    except sf.LibsndfileError as error:
+        # Its str() names the handle it was given: a temporary path or a BytesIO's address.
+        raise AudioError(f"{label}: cannot decode audio ({error.error_string})") from None
+    except (RuntimeError, TypeError, ValueError) as error:
         raise AudioError(f"{label}: cannot decode audio ({error})") from None
     return np.ascontiguousarray(data.T), int(sample_rate)
 
