@@ -15,7 +15,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # open the run report in a headless browser (tests/test_report.py). `make test`
 # installs them with apt-get when they are missing and it runs as root on a
 # system with apt-get; otherwise it says so in one line, and those tests skip
-# naming the missing program.
+# naming the missing program (under .ci/run they fail instead).
 SYSTEM_PROGRAMS := prometheus promtool prometheus-pushgateway chromium chromedriver
 SYSTEM_PACKAGES := prometheus prometheus-pushgateway chromium chromium-driver
 APT_LOG := tmp/apt-get.log

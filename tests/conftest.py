@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,27 @@ def seed_weights_npy() -> Path:
     if not SEED_WEIGHTS.is_file():
         pytest.skip(f"the original research weights are not at {SEED_WEIGHTS}")
     return SEED_WEIGHTS
+
+
+# Set by .ci/run: there `make test` has installed every system program, so a missing one
+# is a broken set-up to report, not a test to skip.
+REQUIRE_SYSTEM_PROGRAMS = os.environ.get("AMNST_REQUIRE_SYSTEM_PROGRAMS") == "1"
+
+
+def system_program(program: str, package: str) -> str:
+    """The path of a Debian system program a test runs.
+
+    Where it is missing the test skips, saying why and how to install it;
+    under ``AMNST_REQUIRE_SYSTEM_PROGRAMS=1`` (CI) it fails instead.
+    """
+    path = shutil.which(program)
+    if path is None:
+        reason = (f"{program} is not installed (Debian package {package}): `make test` installs it with "
+                  f"apt-get when run as root; otherwise apt-get install {package}")
+        if REQUIRE_SYSTEM_PROGRAMS:
+            pytest.fail(reason + " (AMNST_REQUIRE_SYSTEM_PROGRAMS=1: no skipping)")
+        pytest.skip(reason)
+    return path
 
 
 @pytest.fixture(scope="session")

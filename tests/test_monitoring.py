@@ -15,7 +15,7 @@
 
 Programs come from Debian's ``prometheus`` and ``prometheus-pushgateway``
 packages; ``make test`` installs them with apt-get when run as root. Without
-them these tests skip and say so.
+them these tests skip and say so (fail, in CI: see ``system_program``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import pytest
 import yaml
 
 from amnst import metrics
+from tests.conftest import system_program
 from tests.s3_server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,12 +61,7 @@ BATCH_JOB = "amnst_monitoring_test"
 
 
 def need(program: str) -> str:
-    path = shutil.which(program)
-    if path is None:
-        pytest.skip(f"{program} is not installed (Debian package {PACKAGES[program]}): `make test` installs "
-                    f"it with apt-get when run as root; otherwise `apt-get install prometheus "
-                    f"prometheus-pushgateway`")
-    return path
+    return system_program(program, PACKAGES[program])
 
 
 # --- the expressions ---------------------------------------------------------

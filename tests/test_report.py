@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import os
 import re
 import shutil
 import struct
@@ -20,11 +19,10 @@ from amnst import metadata, report, synth
 from amnst.cli import main
 from amnst.config import get_preset
 from amnst.ray_runner import RunOptions, run_manifest
-from tests.conftest import write_wav
+from tests.conftest import system_program, write_wav
 from tests.test_ray_runner import local_ray  # noqa: F401  (a local Ray that reaches moto)
 
 PRESET = get_preset("default").with_overrides(iterations=3)
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 # --- pieces ----------------------------------------------------------------------------------------
@@ -183,20 +181,17 @@ def test_amnst_report_rebuilds_the_same_page_from_the_records(local_run, tmp_pat
 
 
 def test_the_report_opens_in_a_headless_browser_with_every_picture_and_player(local_run, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-    if missing:
-        pytest.skip(f"the browser check needs Debian's Chromium and ChromeDriver, and {', '.join(missing)} "
-                    "is missing: `make test` installs them when run as root with apt-get; otherwise "
-                    "apt-get install chromium chromium-driver")
+    chromium = system_program("chromium", "chromium")
+    chromedriver = system_program("chromedriver", "chromium-driver")
+    from selenium import webdriver
     from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                      f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(argument)
-    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(chromedriver))
     try:
         browser.get(Path(local_run[1].report_uri).resolve().as_uri())
         media = """return {
