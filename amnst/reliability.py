@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,7 +343,7 @@ def worker_kill(root: str, pairs: int = 3, preset: Preset = PRESET) -> Outcome:
     """Pairs run while a worker is SIGKILLed in the middle of an optimise task, once warm."""
     files, cases = good_pairs(pairs, seconds=11.0)  # three segments a pair
     started = threading.Event()
-    killer = ProcessKiller(b"ray::_optimise", armed=started)
+    killer = ProcessKiller(b"ray::_optimise", armed=started.is_set)
 
     def arm_once_a_segment_is_done(progress: Progress) -> None:
         if progress.segments_done >= 1:
@@ -488,21 +488,23 @@ class _Sampler:
 
 
 class ProcessKiller(_Sampler):
-    """While entered, SIGKILLs the first descendant named ``prefix`` seen once ``armed`` is set.
+    """While entered, SIGKILLs the first descendant named ``prefix``, not in ``spare``,
+    seen once ``armed()`` holds.
 
-    It looks every 20 ms, so it catches a task of a fraction of a second.
+    It looks every ``interval`` seconds (20 ms by default, so it catches a task
+    of a fraction of a second); ``armed`` is asked as often.
     """
 
-    interval = 0.02
-
-    def __init__(self, prefix: bytes, armed: threading.Event, count: int = 1) -> None:
+    def __init__(self, prefix: bytes, armed: Callable[[], bool], count: int = 1,
+                 spare: Collection[int] = (), interval: float = 0.02) -> None:
         super().__init__()
-        self.prefix, self.armed, self.count = prefix, armed, count
+        self.prefix, self.armed, self.count, self.spare, self.interval = prefix, armed, count, set(spare), interval
         self.killed: list[int] = []
 
     def _sample(self) -> bool:
-        if self.armed.is_set():
-            for pid in descendants_named(self.prefix)[:self.count - len(self.killed)]:
+        if self.armed():
+            targets = [pid for pid in descendants_named(self.prefix) if pid not in self.spare]
+            for pid in targets[:self.count - len(self.killed)]:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:  # it finished meanwhile

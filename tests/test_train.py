@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import boto3
@@ -21,7 +17,7 @@ from amnst import audio, storage, synth, train
 from amnst.cli import EXIT_USAGE, main
 from amnst.config import AudioConfig
 from amnst.model import GENRES
-from amnst.reliability import descendants_named
+from amnst.reliability import ProcessKiller, descendants_named
 from tests.conftest import write_wav
 
 BUCKET = "amnst-train"
@@ -268,34 +264,19 @@ def test_a_rerun_resumes_and_a_killed_worker_restarts_from_a_checkpoint(trained)
     for uri in storage.list_uris(finished_options.output):
         storage.write_bytes(options.output + uri[len(finished_options.output):], storage.read_bytes(uri))
     snapshot = f"{options.output}/checkpoints/{train.RUN_NAME}/checkpoint_manager_snapshot.json"
-    killed: list[int] = []
-    finished = threading.Event()
-    # Workers of the earlier training may outlive it for a while: only the rerun's are fair game.
-    earlier_workers = set(descendants_named(b"ray::RayTrainWorker"))
+    last = f"epoch-{EPOCHS + MORE - 1:05d}"
 
-    def registered_epoch() -> int:
+    def the_rerun_has_a_checkpoint_and_epochs_remain() -> bool:
         latest = json.loads(storage.read_bytes(snapshot)).get("latest_checkpoint_result") or {}
-        return int(latest.get("metrics", {}).get("epoch", -1))
+        registered = int(latest.get("metrics", {}).get("epoch", -1))
+        rows = " ".join(storage.list_uris(f"{options.output}/_amnst/training"))
+        return registered >= EPOCHS and last not in rows
 
-    def kill_a_worker_once_the_rerun_has_a_checkpoint() -> None:
-        last = f"epoch-{EPOCHS + MORE - 1:05d}"
-        while not finished.is_set() and not killed:
-            if registered_epoch() >= EPOCHS:
-                workers = [pid for pid in descendants_named(b"ray::RayTrainWorker") if pid not in earlier_workers]
-                rows = " ".join(storage.list_uris(f"{options.output}/_amnst/training"))
-                if workers and last not in rows:
-                    os.kill(workers[0], signal.SIGKILL)
-                    killed.append(workers[0])
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_a_worker_once_the_rerun_has_a_checkpoint, daemon=True)
-    killer.start()
-    try:
+    # Workers of the earlier training may outlive it for a while: only the rerun's are fair game.
+    with ProcessKiller(b"ray::RayTrainWorker", armed=the_rerun_has_a_checkpoint_and_epochs_remain,
+                       spare=descendants_named(b"ray::RayTrainWorker"), interval=0.2) as killer:
         card = train.train(options)
-    finally:
-        finished.set()
-        killer.join()
-    assert killed, "no training worker was killed"
+    assert killer.killed, "no training worker was killed"
     rows = train.read_epochs(options.output).to_pylist()
     assert [r["epoch"] for r in rows] == list(range(EPOCHS + MORE)) and card["epochs"] == EPOCHS + MORE
     first_run, rerun = rows[0]["run_id"], rows[-1]["run_id"]
