@@ -62,7 +62,8 @@ def nst_step_flops(model: keras.Model, config: NSTConfig) -> float:
     Convolutions up to the deepest used layer, forward and the input gradient
     (the target is the only variable, so no weight gradients): 2 x 2 x MACs.
     Gram matrices at style layers (and of the log-mel's bands, with a spectral
-    style weight): 2*H*W*C^2 forward, twice that backward. Element-wise work (activations, pooling, losses, the update) is not counted.
+    style weight): 2*H*W*C^2 forward, twice that backward. Element-wise work
+    (activations, pooling, losses, the update) is not counted.
     """
     deepest = max(config.content_layers + config.style_layers)
     flops = 0.0

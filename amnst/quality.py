@@ -111,14 +111,18 @@ def timbre(y: np.ndarray, config: AudioConfig, power: np.ndarray | None = None) 
 def signature(y: np.ndarray, config: AudioConfig) -> Signature:
     """``y``'s :class:`Signature`."""
     power = power_spectrogram(y, config)
-    # Onset strength keeps librosa's own analysis (2048-point STFT, 128 mels).
-    onset = librosa.onset.onset_strength(y=y, sr=config.sample_rate, hop_length=config.hop_length)
-    return Signature(
-        chroma=librosa.feature.chroma_stft(S=power, sr=config.sample_rate, n_fft=config.n_fft).astype(np.float64),
-        onset=onset,
-        flatness=float(np.mean(librosa.feature.spectral_flatness(S=np.sqrt(power), n_fft=config.n_fft))),
-        peak=float(np.max(np.abs(y))),
-        timbre=timbre(y, config, power))
+    return Signature(**_librosa_features(y, power, config), peak=float(np.max(np.abs(y))),
+                     timbre=timbre(y, config, power))
+
+
+def _librosa_features(y: np.ndarray, power: np.ndarray, config: AudioConfig) -> dict[str, Any]:
+    """Chroma, onset envelope and mean flatness of ``y`` from its power spectrogram."""
+    return {
+        "chroma": librosa.feature.chroma_stft(S=power, sr=config.sample_rate, n_fft=config.n_fft).astype(np.float64),
+        # Onset strength keeps librosa's own analysis (2048-point STFT, 128 mels).
+        "onset": librosa.onset.onset_strength(y=y, sr=config.sample_rate, hop_length=config.hop_length),
+        "flatness": float(np.mean(librosa.feature.spectral_flatness(S=np.sqrt(power), n_fft=config.n_fft))),
+    }
 
 
 def chroma_similarity(output: Signature, content: Signature) -> float:
@@ -232,7 +236,9 @@ def compile_kernels() -> None:
 
     config = AudioConfig(mel_power=1.0)
     music = synth.music(2.0, seed=0)
-    signature(music, config)
+    power = power_spectrogram(music, config)
+    _librosa_features(music, power, config)
+    mfcc_statistics(power, config)
     invert.reference_mel_to_audio(audio.mel_spectrogram(music, config), config, n_iter=1)
 
 
