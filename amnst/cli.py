@@ -140,8 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     capacity.add_argument("--pairs", type=int, default=100_000, help="pairs in the batch")
     capacity.add_argument("--pair-seconds", type=_positive_float, default=180.0, help="length of each pair (s)")
     capacity.add_argument("--window-hours", type=_positive_float, default=8.0, help="time to finish it (h)")
+    capacity.add_argument("--gpu", help="figures of `python -m amnst.xla_replay --json` measured on the card")
     capacity.add_argument("--gpu-fraction", type=_positive_float,
-                          help="sustained fraction of the H100's FP32 rate (default: the model's assumption)")
+                          help="without --gpu: sustained fraction of the H100's FP32 rate (default: 0.2)")
+    export = bench_commands.add_parser(
+        "export-xla", help="write the GPU stages as XLA programs, to time on a card with `amnst.xla_replay`",
+        description="Write the default preset's NST step (per batch size) and the fast inversion of a "
+                    "synthesized pair as XLA HLO, with their inputs and TensorFlow's results, for "
+                    "`python -m amnst.xla_replay FOLDER` to check and time on any XLA device (it needs "
+                    "NumPy and jaxlib, not TensorFlow).")
+    export.add_argument("folder", help="where to write the programs (created)")
+    export.add_argument("--batch", type=_positive_int, action="append", dest="batches",
+                        help="segments per step program (repeatable; default 1 7 14 28 56)")
+    export.add_argument("--seconds", type=_positive_float, default=30.0, help="length of the pair (s)")
+    export.add_argument("--no-tf32", action="store_true",
+                        help="full FP32 convolutions and products (default: TensorFloat-32 allowed, as TF does)")
+    export.set_defaults(command=command_export_xla)
     add_submit_parser(commands)
     return parser
 
@@ -451,7 +465,7 @@ def command_bench(args: argparse.Namespace) -> int:
         options = dict(seconds=tuple(args.seconds), segments_per_task=args.segments_per_task)
     elif args.benchmark == "capacity":
         options = dict(e2e=args.e2e, pairs=args.pairs, pair_seconds=args.pair_seconds,
-                       window_hours=args.window_hours, gpu_fraction=args.gpu_fraction)
+                       window_hours=args.window_hours, gpu_fraction=args.gpu_fraction, gpu=args.gpu)
     figures = bench.BENCHMARKS[args.benchmark](quick=args.quick, **options)
     text = json.dumps(figures, indent=2)
     tables = {"quality": bench.quality_table, "e2e": bench.e2e_table,
@@ -459,6 +473,18 @@ def command_bench(args: argparse.Namespace) -> int:
     print(tables[args.benchmark](figures) if args.benchmark in tables else text)
     if args.json:
         Path(args.json).write_text(text + "\n")
+    return EXIT_OK
+
+
+def command_export_xla(args: argparse.Namespace) -> int:
+    from amnst.xla_export import export_programs
+
+    folder = Path(args.folder)
+    manifest = export_programs(folder, tuple(sorted(set(args.batches or (1, 7, 14, 28, 56)))),
+                               args.seconds, tf32=not args.no_tf32)
+    batches = " ".join(str(step["batch"]) for step in manifest["steps"])
+    print(f"wrote {folder}: step programs for batches {batches} and the inversion of {args.seconds:g} s; "
+          f"on the GPU machine: python -m amnst.xla_replay {folder} --json gpu.json")
     return EXIT_OK
 
 
@@ -731,6 +757,13 @@ def _outcome(info: Any) -> int:
         status = EXIT_INPUT
     print(f"job {info.submission_id} {info.status}: {info.message}", file=sys.stderr)
     return status
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not positive")
+    return value
 
 
 def _positive_float(text: str) -> float:

@@ -38,6 +38,8 @@ from amnst.config import AudioConfig
 # few updates fit the mel more closely than that, for about the cost of a
 # Griffin-Lim iteration (`amnst bench invert` times both solves).
 DEFAULT_NNLS_ITERS = 4
+# librosa's default momentum for fast Griffin-Lim.
+DEFAULT_MOMENTUM = 0.99
 # Guards 0 / 0 in silent bins. The smallest normal float32, so that it cannot
 # bias the update at any signal level: the solve is scale-invariant.
 _NNLS_EPS = float(np.finfo(np.float32).tiny)
@@ -116,17 +118,18 @@ def _check_momentum(momentum: Any) -> float:
 
 
 @functools.lru_cache(maxsize=8)
-def _nnls_operators(config: AudioConfig) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """``(pinv(A).T, A, A.T @ A)`` for the mel basis ``A``, as float32 constants.
+def _nnls_operators(config: AudioConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(pinv(A).T, A, A.T @ A)`` for the mel basis ``A``, as float32 arrays.
 
     The pseudo-inverse is computed in float64: the basis has empty (all-zero)
-    filters, and float32 SVD thresholds them less reliably.
+    filters, and float32 SVD thresholds them less reliably. Arrays, not
+    tensors, are cached: a tensor made by a first call inside a trace would
+    belong to that graph and break every later call.
     """
     basis = mel_basis(config).astype(np.float64)  # (n_mels, n_bins)
     pinv_t = np.linalg.pinv(basis).T  # (n_mels, n_bins)
     gram = basis.T @ basis  # (n_bins, n_bins)
-    return (tf.constant(pinv_t, tf.float32), tf.constant(basis, tf.float32),
-            tf.constant(gram, tf.float32))
+    return tuple(a.astype(np.float32) for a in (pinv_t, basis, gram))
 
 
 @tf.function(input_signature=[
@@ -209,7 +212,11 @@ def _griffin_lim_fn(n_fft: int, hop_length: int) -> Any:
     One ``tf.function`` per ``(n_fft, hop_length)``; batch size, frame count,
     length and iteration count are tensors, so new values do not retrace.
     """
-    window = tf.signal.hann_window(n_fft, periodic=True)  # librosa's "hann"
+    # An array, not a tensor: the cached function must not hold a tensor of
+    # whatever trace made the first call, and a trace embeds an array as a
+    # constant where it would take an eager tensor as an extra input.
+    with tf.init_scope():
+        window = tf.signal.hann_window(n_fft, periodic=True).numpy()  # librosa's "hann"
     half = n_fft // 2
     tiny = float(np.finfo(np.float32).tiny)
     spec = tf.TensorSpec
@@ -301,7 +308,7 @@ def _griffin_lim_frames(magnitudes: tf.Tensor, config: AudioConfig, n_iter: int,
 
 
 def griffin_lim(magnitudes: Any, config: AudioConfig, n_iter: int = 32, length: int | None = None,
-                momentum: float = 0.99, seed: int = 0) -> tf.Tensor:
+                momentum: float = DEFAULT_MOMENTUM, seed: int = 0) -> tf.Tensor:
     """Fast Griffin-Lim: audio whose STFT magnitude approximates ``magnitudes``.
 
     Follows ``librosa.griffinlim`` step for step (centred Hann STFT with zero
@@ -343,7 +350,7 @@ def griffin_lim(magnitudes: Any, config: AudioConfig, n_iter: int = 32, length: 
 
 
 def mel_to_audio(mels: Any, config: AudioConfig, n_iter: int = 32, length: int | None = None,
-                 seed: int = 0, momentum: float = 0.99) -> np.ndarray:
+                 seed: int = 0, momentum: float = DEFAULT_MOMENTUM) -> np.ndarray:
     """Fast mel inversion: :func:`mel_to_linear`, then :func:`griffin_lim`.
 
     Args:
@@ -370,9 +377,23 @@ def mel_to_audio(mels: Any, config: AudioConfig, n_iter: int = 32, length: int |
     momentum = _check_momentum(momentum)
     seed = _check_seed(seed)
     frames = tf.transpose(tensor, [0, 2, 1])
-    magnitudes = _mel_to_linear_frames(frames, config, DEFAULT_NNLS_ITERS)
-    audio = _griffin_lim_frames(magnitudes, config, n_iter, length, momentum, seed).numpy()
+    phase = _initial_phase(1 + config.n_fft // 2, frames.shape[1], frames.shape[0], seed)
+    audio = fast_inversion(frames, tf.constant(phase), config, n_iter, length, momentum).numpy()
     return audio[0] if single else audio
+
+
+def fast_inversion(mel_frames: tf.Tensor, phase: tf.Tensor, config: AudioConfig, n_iter: int,
+                   length: int, momentum: float) -> tf.Tensor:
+    """:func:`mel_to_audio`'s computation, unchecked and traceable.
+
+    ``mel_frames`` is ``(batch, n_frames, n_mels)``, ``phase`` the initial
+    phase ``(batch, n_frames, 1 + n_fft // 2)`` in radians; returns
+    ``(batch, length)``.
+    """
+    magnitudes = _mel_to_linear_frames(mel_frames, config, DEFAULT_NNLS_ITERS)
+    run = _griffin_lim_fn(config.n_fft, config.hop_length)
+    return run(magnitudes, phase, tf.constant(n_iter, tf.int32), tf.constant(length, tf.int32),
+               tf.constant(momentum, tf.float32))
 
 
 def reference_mel_to_audio(mel: Any, config: AudioConfig, n_iter: int = 32,

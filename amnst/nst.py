@@ -77,15 +77,22 @@ class StyleTransfer:
     are reused by every call.
     """
 
-    def __init__(self, model: keras.Model, config: NSTConfig) -> None:
+    def __init__(self, model: keras.Model, config: NSTConfig, jit_compile: bool | None = None) -> None:
+        """``jit_compile``: compile the step with XLA; by default, where TensorFlow
+        sees a GPU. There XLA fuses the step's element-wise work into few kernels
+        (the program ``amnst bench export-xla`` writes is this step, so GPU
+        figures measure it); on the CPU it was no faster than TensorFlow's own
+        kernels (README, Performance)."""
         self.config = config
+        if jit_compile is None:
+            jit_compile = bool(tf.config.list_physical_devices("GPU"))
         # One feature stack per CNN input, holding every layer read from it:
         # a single forward pass when content and style share their input.
         wanted: dict[str, set[int]] = {}
         wanted.setdefault(config.content_input, set()).update(config.content_layers)
         wanted.setdefault(config.style_input, set()).update(config.style_layers)
         self._stacks = {name: FeatureStack(model, tuple(sorted(layers))) for name, layers in wanted.items()}
-        self._step = tf.function(self._step_graph, reduce_retracing=True)
+        self._step = tf.function(self.step_graph, reduce_retracing=True, jit_compile=jit_compile)
         self._losses = tf.function(self._losses_graph, reduce_retracing=True)
 
     # --- features -----------------------------------------------------------
@@ -195,10 +202,10 @@ class StyleTransfer:
     def _to_mel(self, x: tf.Tensor) -> tf.Tensor:
         return tf.exp(x) if self.config.parameterization == "log" else x
 
-    def _from_mel(self, mel: np.ndarray) -> np.ndarray:
+    def _from_mel(self, mel: tf.Tensor) -> tf.Tensor:
         if self.config.parameterization == "log":
-            return np.log(np.maximum(mel, LOG_FLOOR)).astype(np.float32)
-        return mel.astype(np.float32)
+            return tf.math.log(tf.maximum(mel, LOG_FLOOR))
+        return mel
 
     def _losses_graph(self, x, content, grams):
         content_loss, style_loss, _ = self._segment_losses(self._to_mel(x), content, grams)
@@ -210,11 +217,11 @@ class StyleTransfer:
         content = self.content_targets(content_segments)
         grams = tuple(tf.constant(g) for g in targets.grams)
         return tuple(np.asarray(t) for t in self._losses(
-            tf.constant(self._from_mel(target)), content, grams))
+            self._from_mel(tf.constant(target, tf.float32)), content, grams))
 
     # --- optimisation -------------------------------------------------------
 
-    def _step_graph(self, state, content, grams, iteration):
+    def step_graph(self, state, content, grams, iteration):
         """One guarded update of every active segment.
 
         ``state`` is ``(x, m, v, t, lr, scheduled, retries, restored, active,
@@ -286,6 +293,28 @@ class StyleTransfer:
         stacked = np.stack(noise)
         return np.abs(stacked) if self.config.parameterization == "log" else stacked
 
+    def initial_state(self, content_segments: np.ndarray, targets: StyleTargets,
+                      indices: np.ndarray | None = None) -> tuple[tuple, tuple, tuple[tf.Tensor, ...]]:
+        """The compiled step's inputs before the first update: the optimiser
+        state (see :meth:`step_graph`), the content targets and the style Grams."""
+        _check_segments(content_segments, "content segments")
+        indices = np.arange(len(content_segments)) if indices is None else np.asarray(indices)
+        start = self.initial_target(content_segments, targets, indices)
+        state, content = self.prepare_graph(tf.constant(content_segments, tf.float32), tf.constant(start))
+        return state, content, tuple(tf.constant(g) for g in targets.grams)
+
+    def prepare_graph(self, content_segments: tf.Tensor, start: tf.Tensor) -> tuple[tuple, tuple]:
+        """The optimiser state before the first update from starting mels ``start``
+        and the content targets of ``content_segments``, both ``(B, n_mels, frames)``."""
+        batch = content_segments.shape[0]
+        x = self._from_mel(start)
+        zeros = tf.zeros_like(x)
+        snapshot = (x, zeros, zeros, tf.zeros([batch]))
+        state = (*snapshot, tf.fill([batch], float(self.config.learning_rate)), tf.ones([batch], tf.bool),
+                 tf.zeros([batch], tf.int32), tf.zeros([batch], tf.bool), tf.ones([batch], tf.bool),
+                 snapshot, snapshot)
+        return state, self.content_targets(content_segments)
+
     def optimise(self, content_segments: np.ndarray, targets: StyleTargets,
                  indices: np.ndarray | None = None,
                  progress: Callable[[int], None] | None = None) -> NSTResult:
@@ -296,19 +325,9 @@ class StyleTransfer:
         random starts. ``progress`` is called with the iteration number after
         every update.
         """
-        _check_segments(content_segments, "content segments")
         cfg = self.config
         batch = len(content_segments)
-        indices = np.arange(batch) if indices is None else np.asarray(indices)
-        content = self.content_targets(content_segments)
-        grams = tuple(tf.constant(g) for g in targets.grams)
-
-        x = tf.constant(self._from_mel(self.initial_target(content_segments, targets, indices)))
-        zeros = tf.zeros_like(x)
-        snapshot = (x, zeros, zeros, tf.zeros([batch]))
-        state = (*snapshot, tf.fill([batch], float(cfg.learning_rate)), tf.ones([batch], tf.bool),
-                 tf.zeros([batch], tf.int32), tf.zeros([batch], tf.bool), tf.ones([batch], tf.bool),
-                 snapshot, snapshot)
+        state, content, grams = self.initial_state(content_segments, targets, indices)
         history, failures = [], []
         for iteration in range(cfg.iterations):
             state, *losses, failed = self._step(state, content, grams, tf.constant(iteration, tf.float32))

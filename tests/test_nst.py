@@ -100,6 +100,19 @@ def test_optimisation_is_deterministic(random_cnn, music_and_rain):
     np.testing.assert_array_equal(first.mels, second.mels)
 
 
+def test_the_xla_compiled_step_optimises_as_the_graph_does(random_cnn, music_and_rain):
+    # The step compiles with XLA where there is a GPU; here XLA's CPU backend stands in.
+    cfg = get_preset("default").with_overrides(iterations=3).nst
+    content = segments_of(music_and_rain[0], "default", 2)
+    plain, xla = StyleTransfer(random_cnn, cfg, jit_compile=False), StyleTransfer(random_cnn, cfg, jit_compile=True)
+    targets = plain.style_targets(segments_of(music_and_rain[1], "default"))
+    expected, got = plain.optimise(content, targets), xla.optimise(content, targets)
+    np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-4)
+    # Adam's first steps move entries with rounding-level gradients by about
+    # lr * sign(gradient) either way; compare the mels on the whole.
+    assert np.linalg.norm(got.mels - expected.mels) < 1e-3 * np.linalg.norm(expected.mels)
+
+
 @pytest.mark.parametrize("pair", [p.name for p in synth.EVALUATION_PAIRS[:5]])
 def test_default_lowers_the_loss_on_every_pair(random_cnn, pair):
     cfg = get_preset("default").with_overrides(iterations=12).nst

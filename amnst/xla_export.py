@@ -1,0 +1,126 @@
+"""The engine's compiled programs as XLA HLO, to run where TensorFlow is not.
+
+TensorFlow lowers a ``tf.function`` to XLA HLO (the IR its ``jit_compile``
+path hands to XLA). This module writes that HLO for the two GPU stages of a
+pair, the ``default`` NST step and the fast inversion, with the inputs of a
+synthesized pair and the outputs TensorFlow computes from them, so that
+:mod:`amnst.xla_replay` (which needs only NumPy and jaxlib) can compile the
+same programs for any XLA device, check them against TensorFlow and time
+them. It is how GPU figures are measured on a machine whose image has XLA but
+no TensorFlow build for its CUDA.
+
+A folder holds ``programs.json`` (what each program is and how to feed it),
+one ``NAME.hlo.pb`` (a serialised ``HloModuleProto``) per program and one
+``NAME.npz`` of its inputs (``in_0``...) and TensorFlow's outputs
+(``out_0``...). Step programs are written per batch size: XLA shapes are
+static.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from amnst import synth
+from amnst.audio import mel_basis, mel_spectrogram, segment
+from amnst.config import Preset, get_preset
+from amnst.invert import DEFAULT_MOMENTUM, _initial_phase, fast_inversion, spectral_convergence
+from amnst.model import build_model
+from amnst.nst import StyleTransfer
+
+EXPORT_PAIR = "pop-piano_rain"
+
+
+def export_programs(folder: Path, batches: tuple[int, ...] = (1, 4, 8, 16, 32),
+                    invert_seconds: float = 30.0, check_iterations: int = 3,
+                    tf32: bool = True, invert: bool = True) -> dict[str, Any]:
+    """Write the ``default`` preset's programs for each batch size, and the
+    inversion of a ``invert_seconds`` pair, into ``folder``; return the manifest.
+
+    Per batch size ``B``: ``prepare_bB`` maps content segments and starting
+    mels ``(B, n_mels, frames)`` to the step's state and content targets
+    (:meth:`StyleTransfer.prepare_graph`), and ``step_bB`` is one update
+    (:meth:`StyleTransfer.step_graph`), whose first inputs and outputs are the
+    state. A batch repeats the pair's segments as far as it needs
+    (``numpy.resize``). TensorFlow's results are recorded for the first batch
+    size after ``check_iterations`` steps (the target and the losses), and for
+    the inversion (left out if not ``invert``). ``tf32=False`` forbids TensorFloat-32 in the lowered
+    convolutions and products (full fp32 on GPUs that have it).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    tf.config.experimental.enable_tensor_float_32_execution(tf32)
+    preset = get_preset("default")
+    content, style = synth.evaluation_pair(EXPORT_PAIR, invert_seconds, preset.audio.sample_rate)
+    content_mel = mel_spectrogram(content, preset.audio)
+    transfer = StyleTransfer(build_model(), preset.nst)
+    targets = transfer.style_targets(segment(mel_spectrogram(style, preset.audio), preset.audio))
+    segments = segment(content_mel, preset.audio)
+    start = transfer.initial_target(segments, targets, np.arange(len(segments)))
+    grams = tuple(tf.constant(g) for g in targets.grams)
+    # The starting mels are stored only where they are not the content itself.
+    np.savez_compressed(folder / "pair.npz", segments=segments,
+                        **({} if np.array_equal(start, segments) else {"start": start}),
+                        **{f"gram_{i}": g for i, g in enumerate(targets.grams)})
+    programs = []
+    for batch in batches:
+        def batched(a: np.ndarray, batch: int = batch) -> tf.Tensor:
+            return tf.constant(np.resize(a, (batch, *a.shape[1:])))
+        prepare = tf.function(transfer.prepare_graph, jit_compile=True)
+        _write_hlo(folder / f"prepare_b{batch}.hlo.pb", prepare, (batched(segments), batched(start)))
+        state, content_targets = transfer.prepare_graph(batched(segments), batched(start))
+        step_inputs = (state, content_targets, grams, tf.constant(0.0))
+        _write_hlo(folder / f"step_b{batch}.hlo.pb", tf.function(transfer.step_graph, jit_compile=True),
+                   step_inputs)
+        programs.append({"batch": batch, "prepare": f"prepare_b{batch}", "step": f"step_b{batch}",
+                         "state_size": len(tf.nest.flatten(state)),
+                         "step_inputs": len(tf.nest.flatten(step_inputs))})
+    check = programs[0]
+    state, content_targets = transfer.prepare_graph(*(tf.constant(np.resize(a, (check["batch"], *a.shape[1:])))
+                                                     for a in (segments, start)))
+    step = tf.function(transfer.step_graph)
+    for iteration in range(check_iterations):
+        state, loss, content_loss, style_loss, _ = step(state, content_targets, grams, tf.constant(float(iteration)))
+    np.savez_compressed(folder / "check.npz", x=np.asarray(state[0]), loss=np.asarray(loss),
+             content_loss=np.asarray(content_loss), style_loss=np.asarray(style_loss))
+    inversion = _export_inversion(folder, preset, content_mel, len(content)) if invert else None
+    manifest = {"preset": preset.name, "pair": EXPORT_PAIR, "tf32": tf32, "tensorflow": tf.__version__,
+                "segment_hop_seconds": (preset.audio.segment_frames - preset.audio.overlap_frames)
+                * preset.audio.hop_length / preset.audio.sample_rate,
+                "iterations": preset.nst.iterations, "check": {"batch": check["batch"],
+                                                               "iterations": check_iterations},
+                "steps": programs, "inversion": inversion}
+    (folder / "programs.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _export_inversion(folder: Path, preset: Preset, mel: np.ndarray, length: int) -> dict[str, Any]:
+    """The fast inversion of one stitched mel ``(n_mels, frames)`` to ``length`` samples."""
+    audio, iterations = preset.audio, preset.nst.griffin_lim_iters
+
+    def invert(mel_frames: tf.Tensor, phase: tf.Tensor) -> tf.Tensor:
+        return fast_inversion(mel_frames, phase, audio, iterations, length, DEFAULT_MOMENTUM)
+
+    frames = mel.T[None].astype(np.float32)
+    phase = _initial_phase(audio.n_fft // 2 + 1, frames.shape[1], 1, 0)
+    inputs = (tf.constant(frames), tf.constant(phase))
+    name = f"invert_{length}"
+    _write_hlo(folder / f"{name}.hlo.pb", tf.function(invert, jit_compile=True), inputs)
+    # Griffin-Lim's phases drift apart under any rounding difference, so the
+    # replay is judged by its spectral convergence, not sample by sample.
+    convergence = spectral_convergence(np.asarray(invert(*inputs))[0], mel, audio)
+    np.savez_compressed(folder / f"{name}.npz", mel_frames=frames, phase=phase, mel_basis=mel_basis(audio))
+    return {"name": name, "audio_seconds": length / audio.sample_rate, "griffin_lim_iters": iterations,
+            "n_fft": audio.n_fft, "hop_length": audio.hop_length, "mel_power": audio.mel_power,
+            "tensorflow_spectral_convergence": convergence}
+
+
+def _write_hlo(path: Path, function: Any, inputs: Any) -> None:
+    captured = function.get_concrete_function(*inputs).captured_inputs
+    if captured:
+        # A captured tensor becomes an extra parameter the replay cannot feed.
+        raise ValueError(f"{path.name}: the function captures {len(captured)} tensors; make them constants")
+    path.write_bytes(function.experimental_get_compiler_ir(*inputs)(stage="hlo_serialized"))
