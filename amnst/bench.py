@@ -396,15 +396,17 @@ def _storage_traffic() -> Iterator[dict[str, int]]:
 
 def bench_capacity(quick: bool = False, e2e: str | None = None, pairs: int = 100_000,
                    pair_seconds: float = 180.0, window_hours: float = 8.0,
-                   gpu_fraction: float | None = None) -> dict[str, Any]:
-    """GPU workers and budgets for a batch (:func:`amnst.capacity.plan`) from measured CPU costs.
+                   gpu_fraction: float | None = None, gpu: str | None = None) -> dict[str, Any]:
+    """GPU workers and budgets for a batch (:func:`amnst.capacity.plan`) from measured costs.
 
     CPU costs come from an ``amnst bench e2e`` figures file (``e2e``), else
     from a fresh ``bench_e2e`` at 30 s; the pair closest to ``pair_seconds``
     is used, its wall seconds counted as core-seconds on every core of the
-    machine that measured it (an upper bound). The GPU's cost per step is
-    the CNN's FLOPs per segment-iteration at an assumed sustained fraction
-    (``gpu_fraction``) of an H100's FP32 rate.
+    machine that measured it (an upper bound). The GPU's cost per
+    segment-iteration comes from a ``python -m amnst.xla_replay`` figures file
+    (``gpu``), at the layout's segments per task; without one it is the CNN's
+    FLOPs per step at an assumed sustained fraction (``gpu_fraction``) of an
+    H100's FP32 rate.
     """
     import json
 
@@ -415,20 +417,25 @@ def bench_capacity(quick: bool = False, e2e: str | None = None, pairs: int = 100
     cores = figures["machine"]["cpu_count"]
     preset = get_preset("default")
     model = build_model()
+    layout = capacity.Layout()
     costs = capacity.Costs(
-        step_flops_per_segment=nst_step_flops(model, preset.nst), gram_bytes=style_gram_bytes(model, preset.nst),
+        gram_bytes=style_gram_bytes(model, preset.nst),
         cpu_core_seconds_per_audio_second=row["cpu_stages_per_audio_second"] * cores,
         style_core_seconds_per_audio_second=row["per_audio_second"]["style"] * cores,
         storage_reads_per_pair=row["storage"]["reads"], storage_writes_per_pair=row["storage"]["writes"],
         bytes_read_per_audio_second=row["storage"]["bytes_read"] / row["audio_seconds"],
         bytes_written_per_audio_second=row["storage"]["bytes_written"] / row["audio_seconds"])
-    gpu = capacity.GpuAssumption() if gpu_fraction is None else capacity.GpuAssumption(
-        sustained_fraction=gpu_fraction)
+    if gpu:
+        rate = capacity.GpuRate.replayed(json.loads(Path(gpu).read_text()), layout.segments_per_task)
+    else:
+        flops = nst_step_flops(model, preset.nst)
+        rate = capacity.GpuRate.assumed(flops) if gpu_fraction is None else capacity.GpuRate.assumed(
+            flops, gpu_fraction)
     batch = capacity.Batch(pairs=pairs, pair_seconds=pair_seconds, window_seconds=window_hours * 3600)
     return {"benchmark": "capacity", "machine": machine(),
             "cpu_costs_from": {"file": e2e, "audio_seconds": row["audio_seconds"], "cores": cores,
                                "measured_on": figures["machine"]["processor"]},
-            **capacity.plan(batch, preset, costs, gpu, capacity.Layout())}
+            **capacity.plan(batch, preset, costs, rate, layout)}
 
 
 

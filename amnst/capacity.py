@@ -5,8 +5,9 @@ A pure model: every input is an argument, nothing is measured here.
 preset (which fixes segments per pair and iterations), the cost of each unit
 of work, and how the run is laid out, and returns the workers it needs and
 the budgets they imply. ``amnst bench capacity`` feeds it the CPU costs that
-``amnst bench e2e`` measured and the CNN's FLOPs per step; the GPU's speed is
-an assumption (:class:`GpuAssumption`) until it is measured on a GPU.
+``amnst bench e2e`` measured and a GPU's rate (:class:`GpuRate`): measured on
+the card by ``python -m amnst.xla_replay``, or assumed from the CNN's FLOPs
+per step.
 
 Units: seconds, bytes, requests; "core-seconds" are seconds of one CPU core.
 """
@@ -42,21 +43,31 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class GpuAssumption:
-    """The GPU's sustained speed on NST steps, as a fraction of a peak rate (FLOP/s).
+class GpuRate:
+    """What one GPU spends on one segment-iteration (a segment's forward and
+    backward step), in seconds, and where that figure comes from."""
 
-    Not measured: no GPU was available where this model was written. Replace
-    ``sustained_fraction`` with ``measured rate / peak`` once ``amnst bench
-    nst`` has run on the card.
-    """
+    name: str
+    seconds_per_segment_iteration: float
+    measured: bool
 
-    name: str = "NVIDIA H100 SXM5 (assumed, not measured)"
-    peak_flops: float = H100_FP32_FLOPS
-    sustained_fraction: float = 0.2
+    @classmethod
+    def assumed(cls, step_flops: float, sustained_fraction: float = 0.2,
+                peak_flops: float = H100_FP32_FLOPS) -> GpuRate:
+        """An H100 running ``step_flops`` per step at ``sustained_fraction`` of its FP32 peak."""
+        return cls(f"NVIDIA H100 SXM5 at {sustained_fraction:.0%} of {peak_flops / 1e12:.0f} TFLOP/s "
+                   "(assumed, not measured)", step_flops / (peak_flops * sustained_fraction), False)
 
-    def seconds(self, flops: float) -> float:
-        """GPU seconds for ``flops`` floating-point operations at the sustained rate."""
-        return flops / (self.peak_flops * self.sustained_fraction)
+    @classmethod
+    def replayed(cls, figures: dict[str, Any], segments_per_task: int) -> GpuRate:
+        """The rate ``python -m amnst.xla_replay`` measured at the largest batch
+        that fits in ``segments_per_task`` (the smallest batch if none does)."""
+        rows = sorted(figures["optimise"], key=lambda row: row["batch"])
+        fitting = [row for row in rows if row["batch"] <= segments_per_task] or rows[:1]
+        row = fitting[-1]
+        precision = "TF32" if figures["export"]["tf32"] else "FP32"
+        return cls(f"{figures['device']}, {precision}, batch {row['batch']} (measured)",
+                   1.0 / row["segment_iterations_per_second"], True)
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,6 @@ class Costs:
     (inputs read twice, once to analyse and once to assess quality).
     """
 
-    step_flops_per_segment: float
     gram_bytes: float
     cpu_core_seconds_per_audio_second: float
     style_core_seconds_per_audio_second: float
@@ -89,10 +99,12 @@ class Layout:
     the tail of the last pairs, retries). ``driver_base_bytes`` is the
     driver's measured peak (``amnst bench pipeline``: about 170 MB, whatever
     the manifest's size); ``driver_bytes_per_task`` is an allowance for each
-    task in flight (its job, refs and closures), an assumption. The GPU
-    layout (``segments_per_task``, ``tasks_per_gpu``) and the node shape are
-    assumptions too: batching segments amortises a step's kernel launches,
-    a second task per GPU hides one task's CPU work behind the other's steps.
+    task in flight (its job, refs and closures), an assumption. The node
+    shape is an assumption too. ``segments_per_task``: on an H100 a step of 7
+    segments ran 2.7x the segment-iterations per second of a step of one, and
+    larger batches gained at most 14 % more (README, On a GPU). A second task
+    per GPU (``tasks_per_gpu``) hides one task's set-up and transfers behind
+    the other's steps; two processes of pure steps on one H100 did 0.93x one.
     """
 
     segments_per_task: int = 8
@@ -157,7 +169,7 @@ def metadata_files(pairs: int, segments: int, seconds: float, flush_rows: int, f
     return 2 * flushes + 2
 
 
-def plan(batch: Batch, preset: Preset, costs: Costs, gpu: GpuAssumption, layout: Layout) -> dict[str, Any]:
+def plan(batch: Batch, preset: Preset, costs: Costs, gpu: GpuRate, layout: Layout) -> dict[str, Any]:
     """Workers, task slots and budgets for ``batch`` at ``preset``.
 
     GPU work is the optimise steps (``iterations`` forward-and-backward steps
@@ -171,7 +183,7 @@ def plan(batch: Batch, preset: Preset, costs: Costs, gpu: GpuAssumption, layout:
     styles = math.ceil(batch.pairs / batch.pairs_per_style)
     audio_seconds = batch.pairs * batch.pair_seconds
     segment_iterations = batch.pairs * segments * preset.nst.iterations
-    step_seconds = gpu.seconds(costs.step_flops_per_segment)
+    step_seconds = gpu.seconds_per_segment_iteration
     gpu_seconds = segment_iterations * step_seconds + styles * segments * step_seconds / 2
     busy = batch.window_seconds * layout.utilisation
     gpus = math.ceil(gpu_seconds / busy)

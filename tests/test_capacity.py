@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,14 +19,14 @@ from amnst.model import build_model
 from amnst.ray_runner import RunOptions, run_manifest
 
 PRESET = get_preset("default")
-COSTS = capacity.Costs(step_flops_per_segment=1e9, gram_bytes=1e6, cpu_core_seconds_per_audio_second=0.2,
+COSTS = capacity.Costs(gram_bytes=1e6, cpu_core_seconds_per_audio_second=0.2,
                        style_core_seconds_per_audio_second=0.05, storage_reads_per_pair=5,
                        storage_writes_per_pair=1, bytes_read_per_audio_second=1e5,
                        bytes_written_per_audio_second=4.4e4)
 
 
 def plan(**batch) -> dict:
-    return capacity.plan(capacity.Batch(**batch), PRESET, COSTS, capacity.GpuAssumption(), capacity.Layout())
+    return capacity.plan(capacity.Batch(**batch), PRESET, COSTS, capacity.GpuRate.assumed(1e9), capacity.Layout())
 
 
 @pytest.mark.parametrize("seconds", [3.0, 10.0, 30.0, 180.0])
@@ -81,6 +82,27 @@ def test_bench_e2e_quick_reports_every_stage_and_the_spread(tmp_path, capsys):
                  str(tmp_path / "capacity.json")]) == 0
     plan_figures = json.loads((tmp_path / "capacity.json").read_text())
     assert plan_figures["gpu_workers"] >= 1 and plan_figures["cpu_costs_from"]["audio_seconds"] == 8.0
+    assert not plan_figures["inputs"]["gpu"]["measured"]
+
+    # The H100's figures from `python -m amnst.xla_replay`, as the README's capacity table uses them.
+    measured = Path(__file__).parents[1] / "deploy" / "capacity" / "h100-tf32.json"
+    assert main(["bench", "capacity", "--e2e", str(out), "--gpu", str(measured), "--json",
+                 str(tmp_path / "measured.json")]) == 0
+    plan_figures = json.loads((tmp_path / "measured.json").read_text())
+    batch_7 = next(row for row in json.loads(measured.read_text())["optimise"] if row["batch"] == 7)
+    assert plan_figures["inputs"]["gpu"]["measured"]
+    assert plan_figures["gpu_seconds_per_segment_iteration"] == pytest.approx(
+        1 / batch_7["segment_iterations_per_second"])
+
+
+def test_a_replayed_rate_is_taken_at_the_largest_batch_a_task_holds():
+    figures = {"device": "card", "export": {"tf32": True},
+               "optimise": [{"batch": b, "segment_iterations_per_second": 100.0 * b} for b in (28, 1, 7)]}
+    assert capacity.GpuRate.replayed(figures, 8).seconds_per_segment_iteration == pytest.approx(1 / 700)
+    assert capacity.GpuRate.replayed(figures, 28).seconds_per_segment_iteration == pytest.approx(1 / 2800)
+    # A task smaller than every measured batch takes the smallest.
+    figures["optimise"] = figures["optimise"][:1]
+    assert capacity.GpuRate.replayed(figures, 4).seconds_per_segment_iteration == pytest.approx(1 / 2800)
 
 
 PAIRS, PAIR_SECONDS, MAX_IN_FLIGHT = 4, 6.0, 6
