@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "NumPy and jaxlib, not TensorFlow).")
     export.add_argument("folder", help="where to write the programs (created)")
     export.add_argument("--batch", type=_positive_int, action="append", dest="batches",
-                        help="segments per step program (repeatable; default 1 7 14 28 56)")
+                        help="segments per step program (repeatable; default 1, 7, 14, 28 and 56)")
     export.add_argument("--seconds", type=_positive_float, default=30.0, help="length of the pair (s)")
     export.add_argument("--no-tf32", action="store_true",
                         help="full FP32 convolutions and products (default: TensorFloat-32 allowed, as TF does)")
@@ -477,10 +477,10 @@ def command_bench(args: argparse.Namespace) -> int:
 
 
 def command_export_xla(args: argparse.Namespace) -> int:
-    from amnst.xla_export import export_programs
+    from amnst.xla_export import DEFAULT_BATCHES, export_programs
 
     folder = Path(args.folder)
-    manifest = export_programs(folder, tuple(sorted(set(args.batches or (1, 7, 14, 28, 56)))),
+    manifest = export_programs(folder, tuple(sorted(set(args.batches or DEFAULT_BATCHES))),
                                args.seconds, tf32=not args.no_tf32)
     batches = " ".join(str(step["batch"]) for step in manifest["steps"])
     print(f"wrote {folder}: step programs for batches {batches} and the inversion of {args.seconds:g} s; "

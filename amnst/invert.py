@@ -285,7 +285,7 @@ def _griffin_lim_fn(n_fft: int, hop_length: int) -> Any:
     return run
 
 
-def _initial_phase(n_bins: int, n_frames: int, batch: int, seed: int) -> np.ndarray:
+def initial_phase(n_bins: int, n_frames: int, batch: int, seed: int) -> np.ndarray:
     """Random phase ``(batch, n_frames, n_bins)`` in radians.
 
     Every item gets the draw librosa's ``griffinlim(random_state=seed)``
@@ -301,7 +301,7 @@ def _griffin_lim_frames(magnitudes: tf.Tensor, config: AudioConfig, n_iter: int,
                         momentum: float, seed: int) -> tf.Tensor:
     """:func:`griffin_lim` on ``(batch, n_frames, n_bins)``, frames as rows."""
     batch, n_frames, n_bins = magnitudes.shape
-    phase = _initial_phase(n_bins, n_frames, batch, seed)
+    phase = initial_phase(n_bins, n_frames, batch, seed)
     run = _griffin_lim_fn(config.n_fft, config.hop_length)
     return run(magnitudes, tf.constant(phase), tf.constant(n_iter, tf.int32),
                tf.constant(length, tf.int32), tf.constant(momentum, tf.float32))
@@ -377,7 +377,7 @@ def mel_to_audio(mels: Any, config: AudioConfig, n_iter: int = 32, length: int |
     momentum = _check_momentum(momentum)
     seed = _check_seed(seed)
     frames = tf.transpose(tensor, [0, 2, 1])
-    phase = _initial_phase(1 + config.n_fft // 2, frames.shape[1], frames.shape[0], seed)
+    phase = initial_phase(1 + config.n_fft // 2, frames.shape[1], frames.shape[0], seed)
     audio = fast_inversion(frames, tf.constant(phase), config, n_iter, length, momentum).numpy()
     return audio[0] if single else audio
 

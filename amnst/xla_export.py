@@ -10,10 +10,11 @@ them. It is how GPU figures are measured on a machine whose image has XLA but
 no TensorFlow build for its CUDA.
 
 A folder holds ``programs.json`` (what each program is and how to feed it),
-one ``NAME.hlo.pb`` (a serialised ``HloModuleProto``) per program and one
-``NAME.npz`` of its inputs (``in_0``...) and TensorFlow's outputs
-(``out_0``...). Step programs are written per batch size: XLA shapes are
-static.
+``NAME.hlo.pb`` per program (a serialised ``HloModuleProto``), ``pair.npz``
+(the pair's content segments, starting mels where they differ, and style
+Grams), ``check.npz`` (TensorFlow's target and losses after a few steps) and
+``invert_LENGTH.npz`` (the inversion's inputs and the mel basis). Step
+programs are written per batch size: XLA's shapes are static.
 """
 
 from __future__ import annotations
@@ -28,18 +29,22 @@ import tensorflow as tf
 from amnst import synth
 from amnst.audio import mel_basis, mel_spectrogram, segment
 from amnst.config import Preset, get_preset
-from amnst.invert import DEFAULT_MOMENTUM, _initial_phase, fast_inversion, spectral_convergence
+from amnst.invert import DEFAULT_MOMENTUM, initial_phase, fast_inversion, spectral_convergence
 from amnst.model import build_model
 from amnst.nst import StyleTransfer
 
 EXPORT_PAIR = "pop-piano_rain"
+# One segment; one 30 s pair (7 segments); then larger batches.
+DEFAULT_BATCHES = (1, 7, 14, 28, 56)
 
 
-def export_programs(folder: Path, batches: tuple[int, ...] = (1, 4, 8, 16, 32),
-                    invert_seconds: float = 30.0, check_iterations: int = 3,
+def export_programs(folder: Path, batches: tuple[int, ...] = DEFAULT_BATCHES,
+                    seconds: float = 30.0, check_iterations: int = 3,
                     tf32: bool = True, invert: bool = True) -> dict[str, Any]:
     """Write the ``default`` preset's programs for each batch size, and the
-    inversion of a ``invert_seconds`` pair, into ``folder``; return the manifest.
+    inversion of the content, into ``folder``; return the manifest.
+
+    The pair is ``EXPORT_PAIR`` of the evaluation set, ``seconds`` long.
 
     Per batch size ``B``: ``prepare_bB`` maps content segments and starting
     mels ``(B, n_mels, frames)`` to the step's state and content targets
@@ -48,13 +53,23 @@ def export_programs(folder: Path, batches: tuple[int, ...] = (1, 4, 8, 16, 32),
     state. A batch repeats the pair's segments as far as it needs
     (``numpy.resize``). TensorFlow's results are recorded for the first batch
     size after ``check_iterations`` steps (the target and the losses), and for
-    the inversion (left out if not ``invert``). ``tf32=False`` forbids TensorFloat-32 in the lowered
-    convolutions and products (full fp32 on GPUs that have it).
+    the inversion (left out if not ``invert``). ``tf32=False`` forbids
+    TensorFloat-32 in the lowered convolutions and products (full fp32 on GPUs
+    that have it); the process's setting is restored afterwards.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    allowed = tf.config.experimental.tensor_float_32_execution_enabled()
     tf.config.experimental.enable_tensor_float_32_execution(tf32)
+    try:
+        return _export(folder, batches, seconds, check_iterations, tf32, invert)
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(allowed)
+
+
+def _export(folder: Path, batches: tuple[int, ...], seconds: float, check_iterations: int,
+            tf32: bool, invert: bool) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
     preset = get_preset("default")
-    content, style = synth.evaluation_pair(EXPORT_PAIR, invert_seconds, preset.audio.sample_rate)
+    content, style = synth.evaluation_pair(EXPORT_PAIR, seconds, preset.audio.sample_rate)
     content_mel = mel_spectrogram(content, preset.audio)
     transfer = StyleTransfer(build_model(), preset.nst)
     targets = transfer.style_targets(segment(mel_spectrogram(style, preset.audio), preset.audio))
@@ -105,7 +120,7 @@ def _export_inversion(folder: Path, preset: Preset, mel: np.ndarray, length: int
         return fast_inversion(mel_frames, phase, audio, iterations, length, DEFAULT_MOMENTUM)
 
     frames = mel.T[None].astype(np.float32)
-    phase = _initial_phase(audio.n_fft // 2 + 1, frames.shape[1], 1, 0)
+    phase = initial_phase(audio.n_fft // 2 + 1, frames.shape[1], 1, 0)
     inputs = (tf.constant(frames), tf.constant(phase))
     name = f"invert_{length}"
     _write_hlo(folder / f"{name}.hlo.pb", tf.function(invert, jit_compile=True), inputs)

@@ -23,7 +23,7 @@ def replayed(tmp_path_factory):
     """Programs for batches 1 and 3 of a 6 s pair, replayed by jaxlib's CPU
     backend in a process that never imports TensorFlow."""
     folder = tmp_path_factory.mktemp("xla")
-    manifest = export_programs(folder, batches=(1, 3), invert_seconds=6.0, check_iterations=2)
+    manifest = export_programs(folder, batches=(1, 3), seconds=6.0, check_iterations=2)
     figures = folder / "figures.json"
     code = ("import sys, runpy; sys.argv = sys.argv[1:]; runpy.run_module('amnst.xla_replay', run_name='__main__');"
             "assert 'tensorflow' not in sys.modules, 'the replay imported TensorFlow'")
