@@ -326,8 +326,8 @@ class StyleTransfer:
         every update.
         """
         cfg = self.config
-        batch = len(content_segments)
         state, content, grams = self.initial_state(content_segments, targets, indices)
+        batch = len(content_segments)
         history, failures = [], []
         for iteration in range(cfg.iterations):
             state, *losses, failed = self._step(state, content, grams, tf.constant(iteration, tf.float32))
