@@ -20,7 +20,7 @@ import librosa
 import numpy as np
 import tensorflow as tf
 
-from amnst import audio, invert, synth
+from amnst import audio, capacity, invert, synth
 from amnst.config import AudioConfig, NSTConfig, Preset, get_preset
 from amnst.model import build_model, feature_extractor
 from amnst.nst import StyleTransfer
@@ -396,7 +396,7 @@ def _storage_traffic() -> Iterator[dict[str, int]]:
 
 def bench_capacity(quick: bool = False, e2e: str | None = None, pairs: int = 100_000,
                    pair_seconds: float = 180.0, window_hours: float = 8.0,
-                   gpu_fraction: float | None = None, gpu: str | None = None) -> dict[str, Any]:
+                   gpu_fraction: float = capacity.ASSUMED_GPU_FRACTION, gpu: str | None = None) -> dict[str, Any]:
     """GPU workers and budgets for a batch (:func:`amnst.capacity.plan`) from measured costs.
 
     CPU costs come from an ``amnst bench e2e`` figures file (``e2e``), else
@@ -409,8 +409,6 @@ def bench_capacity(quick: bool = False, e2e: str | None = None, pairs: int = 100
     H100's FP32 rate.
     """
     import json
-
-    from amnst import capacity
 
     figures = json.loads(Path(e2e).read_text()) if e2e else bench_e2e(quick, seconds=(30.0,))
     row = min(figures["pairs"], key=lambda r: abs(r["audio_seconds"] - pair_seconds))
@@ -428,9 +426,7 @@ def bench_capacity(quick: bool = False, e2e: str | None = None, pairs: int = 100
     if gpu:
         rate = capacity.GpuRate.replayed(json.loads(Path(gpu).read_text()), layout.segments_per_task)
     else:
-        flops = nst_step_flops(model, preset.nst)
-        rate = capacity.GpuRate.assumed(flops) if gpu_fraction is None else capacity.GpuRate.assumed(
-            flops, gpu_fraction)
+        rate = capacity.GpuRate.assumed(nst_step_flops(model, preset.nst), gpu_fraction)
     batch = capacity.Batch(pairs=pairs, pair_seconds=pair_seconds, window_seconds=window_hours * 3600)
     return {"benchmark": "capacity", "machine": machine(),
             "cpu_costs_from": {"file": e2e, "audio_seconds": row["audio_seconds"], "cores": cores,

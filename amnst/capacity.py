@@ -26,6 +26,9 @@ FLOAT32_BYTES = 4
 # tensor cores: 495 dense). The element-wise half of an NST step runs on the
 # CUDA cores, so FP32 is the honest ceiling for the whole step.
 H100_FP32_FLOPS = 67e12
+# The share of that peak assumed where no card has been measured. The H100 measured
+# 10 % on the `default` step (README, On a GPU).
+ASSUMED_GPU_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class GpuRate:
     measured: bool
 
     @classmethod
-    def assumed(cls, step_flops: float, sustained_fraction: float = 0.2,
+    def assumed(cls, step_flops: float, sustained_fraction: float = ASSUMED_GPU_FRACTION,
                 peak_flops: float = H100_FP32_FLOPS) -> GpuRate:
         """An H100 running ``step_flops`` per step at ``sustained_fraction`` of its FP32 peak."""
         return cls(f"NVIDIA H100 SXM5 at {sustained_fraction:.0%} of {peak_flops / 1e12:.0f} TFLOP/s "

@@ -134,15 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
         bench_commands, "capacity", "GPU workers and budgets for a nightly batch, from measured CPU costs",
         "without --e2e: a quick e2e (smoke test)",
         description="The capacity model (amnst.capacity): GPU workers, CPU cores, max in flight, object "
-                    "store, driver and storage budgets for a batch, from `amnst bench e2e` figures and an "
-                    "assumed GPU rate.")
+                    "store, driver and storage budgets for a batch, from `amnst bench e2e` figures and a "
+                    "GPU rate, measured on the card (--gpu) or assumed (--gpu-fraction).")
     capacity.add_argument("--e2e", help="figures of `amnst bench e2e --json` (default: measure a 30 s pair)")
     capacity.add_argument("--pairs", type=int, default=100_000, help="pairs in the batch")
     capacity.add_argument("--pair-seconds", type=_positive_float, default=180.0, help="length of each pair (s)")
     capacity.add_argument("--window-hours", type=_positive_float, default=8.0, help="time to finish it (h)")
-    capacity.add_argument("--gpu", help="figures of `python -m amnst.xla_replay --json` measured on the card")
-    capacity.add_argument("--gpu-fraction", type=_positive_float,
-                          help="without --gpu: sustained fraction of the H100's FP32 rate (default: 0.2)")
+    gpu_rate = capacity.add_mutually_exclusive_group()
+    gpu_rate.add_argument("--gpu", help="figures of `python -m amnst.xla_replay --json` measured on the card")
+    gpu_rate.add_argument("--gpu-fraction", type=_positive_float,
+                          help="assume this sustained fraction of the H100's FP32 rate (default: 0.2)")
     export = bench_commands.add_parser(
         "export-xla", help="write the GPU stages as XLA programs, to time on a card with `amnst.xla_replay`",
         description="Write the default preset's NST step (per batch size) and the fast inversion of a "
@@ -465,7 +466,9 @@ def command_bench(args: argparse.Namespace) -> int:
         options = dict(seconds=tuple(args.seconds), segments_per_task=args.segments_per_task)
     elif args.benchmark == "capacity":
         options = dict(e2e=args.e2e, pairs=args.pairs, pair_seconds=args.pair_seconds,
-                       window_hours=args.window_hours, gpu_fraction=args.gpu_fraction, gpu=args.gpu)
+                       window_hours=args.window_hours, gpu=args.gpu)
+        if args.gpu_fraction is not None:
+            options["gpu_fraction"] = args.gpu_fraction
     figures = bench.BENCHMARKS[args.benchmark](quick=args.quick, **options)
     text = json.dumps(figures, indent=2)
     tables = {"quality": bench.quality_table, "e2e": bench.e2e_table,

@@ -297,13 +297,12 @@ def initial_phase(n_bins: int, n_frames: int, batch: int, seed: int) -> np.ndarr
     return np.broadcast_to(draw.T.astype(np.float32), (batch, n_frames, n_bins))
 
 
-def _griffin_lim_frames(magnitudes: tf.Tensor, config: AudioConfig, n_iter: int, length: int,
-                        momentum: float, seed: int) -> tf.Tensor:
-    """:func:`griffin_lim` on ``(batch, n_frames, n_bins)``, frames as rows."""
-    batch, n_frames, n_bins = magnitudes.shape
-    phase = initial_phase(n_bins, n_frames, batch, seed)
+def _griffin_lim_frames(magnitudes: tf.Tensor, phase: Any, config: AudioConfig, n_iter: int, length: int,
+                        momentum: float) -> tf.Tensor:
+    """:func:`griffin_lim` on ``(batch, n_frames, n_bins)``, frames as rows, from
+    initial phases of the same shape."""
     run = _griffin_lim_fn(config.n_fft, config.hop_length)
-    return run(magnitudes, tf.constant(phase), tf.constant(n_iter, tf.int32),
+    return run(magnitudes, tf.convert_to_tensor(phase, tf.float32), tf.constant(n_iter, tf.int32),
                tf.constant(length, tf.int32), tf.constant(momentum, tf.float32))
 
 
@@ -340,8 +339,9 @@ def griffin_lim(magnitudes: Any, config: AudioConfig, n_iter: int = 32, length: 
     n_iter = _check_count(n_iter, "n_iter", 0)
     length = _check_length(length, tensor.shape[-1], config)
     frames = tf.transpose(tensor, [0, 2, 1])
-    return _griffin_lim_frames(frames, config, n_iter, length, _check_momentum(momentum),
-                               _check_seed(seed))
+    momentum = _check_momentum(momentum)
+    phase = initial_phase(n_bins, frames.shape[1], frames.shape[0], _check_seed(seed))
+    return _griffin_lim_frames(frames, phase, config, n_iter, length, momentum)
 
 
 # --------------------------------------------------------------------------
@@ -391,9 +391,7 @@ def fast_inversion(mel_frames: tf.Tensor, phase: tf.Tensor, config: AudioConfig,
     ``(batch, length)``.
     """
     magnitudes = _mel_to_linear_frames(mel_frames, config, DEFAULT_NNLS_ITERS)
-    run = _griffin_lim_fn(config.n_fft, config.hop_length)
-    return run(magnitudes, phase, tf.constant(n_iter, tf.int32), tf.constant(length, tf.int32),
-               tf.constant(momentum, tf.float32))
+    return _griffin_lim_frames(magnitudes, phase, config, n_iter, length, momentum)
 
 
 def reference_mel_to_audio(mel: Any, config: AudioConfig, n_iter: int = 32,

@@ -80,33 +80,33 @@ def _export(folder: Path, batches: tuple[int, ...], seconds: float, check_iterat
     np.savez_compressed(folder / "pair.npz", segments=segments,
                         **({} if np.array_equal(start, segments) else {"start": start}),
                         **{f"gram_{i}": g for i, g in enumerate(targets.grams)})
-    programs = []
+    # One traced function each, lowered once per batch size.
+    prepare = tf.function(transfer.prepare_graph, jit_compile=True)
+    step = tf.function(transfer.step_graph, jit_compile=True)
+    programs, first_inputs = [], None
     for batch in batches:
-        def batched(a: np.ndarray, batch: int = batch) -> tf.Tensor:
-            return tf.constant(np.resize(a, (batch, *a.shape[1:])))
-        prepare = tf.function(transfer.prepare_graph, jit_compile=True)
-        _write_hlo(folder / f"prepare_b{batch}.hlo.pb", prepare, (batched(segments), batched(start)))
-        state, content_targets = transfer.prepare_graph(batched(segments), batched(start))
+        inputs = (_repeat(segments, batch), _repeat(start, batch))
+        _write_hlo(folder / f"prepare_b{batch}.hlo.pb", prepare, inputs)
+        state, content_targets = transfer.prepare_graph(*inputs)
         step_inputs = (state, content_targets, grams, tf.constant(0.0))
-        _write_hlo(folder / f"step_b{batch}.hlo.pb", tf.function(transfer.step_graph, jit_compile=True),
-                   step_inputs)
+        _write_hlo(folder / f"step_b{batch}.hlo.pb", step, step_inputs)
         programs.append({"batch": batch, "prepare": f"prepare_b{batch}", "step": f"step_b{batch}",
-                         "state_size": len(tf.nest.flatten(state)),
-                         "step_inputs": len(tf.nest.flatten(step_inputs))})
-    check = programs[0]
-    state, content_targets = transfer.prepare_graph(*(tf.constant(np.resize(a, (check["batch"], *a.shape[1:])))
-                                                     for a in (segments, start)))
-    step = tf.function(transfer.step_graph)
+                         "state_size": len(tf.nest.flatten(state))})
+        first_inputs = first_inputs or step_inputs
+    # TensorFlow's own result for the first batch size, from its plain (non-XLA) graph.
+    state, content_targets, _, _ = first_inputs
+    reference = tf.function(transfer.step_graph)
     for iteration in range(check_iterations):
-        state, loss, content_loss, style_loss, _ = step(state, content_targets, grams, tf.constant(float(iteration)))
+        state, loss, content_loss, style_loss, _ = reference(state, content_targets, grams,
+                                                             tf.constant(float(iteration)))
     np.savez_compressed(folder / "check.npz", x=np.asarray(state[0]), loss=np.asarray(loss),
-             content_loss=np.asarray(content_loss), style_loss=np.asarray(style_loss))
+                        content_loss=np.asarray(content_loss), style_loss=np.asarray(style_loss))
     inversion = _export_inversion(folder, preset, content_mel, len(content)) if invert else None
     manifest = {"preset": preset.name, "pair": EXPORT_PAIR, "tf32": tf32, "tensorflow": tf.__version__,
                 "segment_hop_seconds": (preset.audio.segment_frames - preset.audio.overlap_frames)
                 * preset.audio.hop_length / preset.audio.sample_rate,
-                "iterations": preset.nst.iterations, "check": {"batch": check["batch"],
-                                                               "iterations": check_iterations},
+                "iterations": preset.nst.iterations,
+                "check": {"batch": programs[0]["batch"], "iterations": check_iterations},
                 "steps": programs, "inversion": inversion}
     (folder / "programs.json").write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -131,6 +131,11 @@ def _export_inversion(folder: Path, preset: Preset, mel: np.ndarray, length: int
     return {"name": name, "audio_seconds": length / audio.sample_rate, "griffin_lim_iters": iterations,
             "n_fft": audio.n_fft, "hop_length": audio.hop_length, "mel_power": audio.mel_power,
             "tensorflow_spectral_convergence": convergence}
+
+
+def _repeat(segments: np.ndarray, batch: int) -> tf.Tensor:
+    """``batch`` segments: ``segments`` cut short or repeated."""
+    return tf.constant(np.resize(segments, (batch, *segments.shape[1:])))
 
 
 def _write_hlo(path: Path, function: Any, inputs: Any) -> None:
