@@ -1,8 +1,9 @@
 """Audio in and out: decode, mono, resample, validate, mel, segment, stitch, encode.
 
 Arrays are float32. A waveform is ``(n_samples,)`` in [-1, 1]; a mel
-spectrogram is ``(n_mels, n_frames)``; a batch of segments is
-``(n_segments, n_mels, segment_frames)``.
+spectrogram is ``(n_mels, n_frames)``; a piece's segments are
+``(n_segments, n_mels, width)``, where ``width`` is ``segment_frames`` or,
+with ``fit_segments``, the piece's fitted width (:func:`segment_layout`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import librosa
 import numpy as np
 import soundfile as sf
 
-from amnst.config import AudioConfig
+from amnst.config import FITTED_FRAMES_QUANTUM, MIN_FITTED_SEGMENT_FRAMES, AudioConfig
 
 # ogg (Vorbis, lossy) is for previews, such as the run report's; outputs are wav or flac.
 ENCODINGS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS")}
@@ -133,32 +134,49 @@ def num_segments(n_frames: int, config: AudioConfig) -> int:
     return max(1, math.ceil((n_frames - config.overlap_frames) / step))
 
 
+def segment_layout(n_frames: int, config: AudioConfig) -> tuple[int, int]:
+    """``(count, width)`` of the segments that cover ``n_frames`` frames.
+
+    ``count`` is :func:`num_segments`; ``width`` is ``segment_frames``, or
+    with ``config.fit_segments`` the narrowest width that lets ``count``
+    segments cover the frames (see ``AudioConfig``).
+    """
+    count = num_segments(n_frames, config)
+    if not config.fit_segments:
+        return count, config.segment_frames
+    needed = math.ceil((n_frames + (count - 1) * config.overlap_frames) / count)
+    width = math.ceil(needed / FITTED_FRAMES_QUANTUM) * FITTED_FRAMES_QUANTUM
+    return count, min(config.segment_frames, max(MIN_FITTED_SEGMENT_FRAMES, width))
+
+
 def segment(mel: np.ndarray, config: AudioConfig) -> np.ndarray:
-    """Cut ``(n_mels, n_frames)`` into ``(n_segments, n_mels, segment_frames)``.
+    """Cut ``(n_mels, n_frames)`` into ``(count, n_mels, width)`` (:func:`segment_layout`).
 
     Consecutive segments share ``overlap_frames`` frames. The tail is padded
     with zeros (silence), so no frame is dropped and a mel shorter than one
     segment gives one padded segment.
     """
     n_mels, n_frames = mel.shape
-    step = config.segment_frames - config.overlap_frames
-    count = num_segments(n_frames, config)
-    padded_frames = (count - 1) * step + config.segment_frames
-    padded = np.zeros((n_mels, padded_frames), dtype=np.float32)
+    count, width = segment_layout(n_frames, config)
+    step = width - config.overlap_frames
+    padded = np.zeros((n_mels, (count - 1) * step + width), dtype=np.float32)
     padded[:, :n_frames] = mel
-    starts = np.arange(count) * step
-    return np.stack([padded[:, s:s + config.segment_frames] for s in starts])
+    return np.stack([padded[:, s:s + width] for s in np.arange(count) * step])
 
 
 def stitch(segments: np.ndarray, n_frames: int, config: AudioConfig) -> np.ndarray:
     """Inverse of :func:`segment`: overlap-add with linear crossfades.
 
-    Inside each overlap the earlier segment fades out as the later fades in,
-    with gains that sum to one. Returns ``(n_mels, n_frames)``.
+    ``segments`` is ``(count, n_mels, width)`` as :func:`segment_layout` lays
+    out ``n_frames`` frames. Inside each overlap the earlier segment fades out
+    as the later fades in, with gains that sum to one. Returns
+    ``(n_mels, n_frames)``.
     """
     count, n_mels, length = segments.shape
-    if length != config.segment_frames:
-        raise ValueError(f"segments have {length} frames, expected {config.segment_frames}")
+    expected = segment_layout(n_frames, config)
+    if (count, length) != expected:
+        raise ValueError(f"{n_frames} frames are {expected[0]} segments of {expected[1]} frames, "
+                         f"got {count} of {length}")
     overlap = config.overlap_frames
     step = length - overlap
     out = np.zeros((n_mels, (count - 1) * step + length), dtype=np.float32)
@@ -171,8 +189,6 @@ def stitch(segments: np.ndarray, n_frames: int, config: AudioConfig) -> np.ndarr
             gain[-overlap:] = 1.0 - fade_in
         start = index * step
         out[:, start:start + length] += seg * gain
-    if n_frames > out.shape[1]:
-        raise ValueError(f"{count} segments cover {out.shape[1]} frames, fewer than {n_frames}")
     return out[:, :n_frames]
 
 

@@ -114,10 +114,14 @@ def seed_faithful_loop(model: keras.Model, config: NSTConfig, content: np.ndarra
 
 def bench_nst(quick: bool = False) -> dict[str, Any]:
     """Segment-iterations per second of the compiled ``default`` step at batch 5,
-    against the seed-faithful eager loop and against the matmul ceiling."""
+    against the seed-faithful eager loop and against the matmul ceiling.
+
+    Segments are the CNN's full 431 frames (not fitted), the shape whose FLOPs
+    ``nst_step_flops`` counts."""
     iterations, repeats = (3, 1) if quick else (10, 3)
     model = build_model()
-    preset = get_preset("default").with_overrides(iterations=iterations, segments_per_batch=NST_BATCH)
+    preset = get_preset("default").with_overrides(iterations=iterations, segments_per_batch=NST_BATCH,
+                                                  fit_segments=False)
     content_y, style_y = synth.evaluation_pair(synth.EVALUATION_PAIRS[0].name, 30.0)
     content = audio.segment(audio.mel_spectrogram(content_y, preset.audio), preset.audio)[:NST_BATCH]
     style = audio.segment(audio.mel_spectrogram(style_y, preset.audio), preset.audio)[:NST_BATCH]
@@ -200,13 +204,17 @@ def _librosa_mel_to_stft(mel: np.ndarray, config: AudioConfig) -> np.ndarray:
 
 
 def bench_pipeline(quick: bool = False) -> dict[str, Any]:
-    """Ray's overhead per optimise task, and the driver's peak memory against manifest size.
+    """Ray's overhead per optimise task, the worker thread pools' effect, and the
+    driver's peak memory against manifest size.
 
-    Overhead: optimise tasks run one at a time on a warm worker at the default
-    iterations; the driver's submit-to-result time minus the task's own
-    optimisation time, as a share of the latter. Memory: ``amnst run`` as a
-    separate driver process on manifests of tiny pairs (0.5 s, 1 iteration),
-    its peak resident set (VmHWM) as it exits.
+    Overhead: one-segment optimise tasks run one at a time on a warm worker at
+    the default iterations; the driver's submit-to-result time minus the
+    task's own optimisation time, as a share of the latter. Thread pools: as
+    many one-CPU optimise tasks side by side as the instance has CPUs, with
+    TensorFlow's pools sized to the task (as the runner's workers do) or to
+    the machine (TensorFlow's default), in the same run. Memory: ``amnst run``
+    as a separate driver process on manifests of tiny pairs (0.5 s,
+    1 iteration), its peak resident set (VmHWM) as it exits.
     """
     import ray
 
@@ -224,15 +232,20 @@ def bench_pipeline(quick: bool = False) -> dict[str, Any]:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         weights = Weights.locate(None, preset.nst.seed)
-        segments_ref, targets_ref = ray.put(segments), ray.put(targets)
-        ray.get(_optimise.remote(segments_ref, 0, 1, targets_ref, preset, weights))  # warm the worker
+        segments_ref, targets_ref = ray.put(segments[:1]), ray.put(targets)
+        ray.get(_optimise.remote(segments_ref, 0, targets_ref, preset, weights))  # warm the worker
         shares = []
         for _ in range(tasks):
             start = time.perf_counter()
-            result = ray.get(_optimise.remote(segments_ref, 0, 1, targets_ref, preset, weights))
+            result = ray.get(_optimise.remote(segments_ref, 0, targets_ref, preset, weights))
             shares.append((time.perf_counter() - start - result.seconds) / result.seconds)
         figures["task_overhead_share"] = float(np.median(shares))
         figures["optimise_task_seconds"] = result.seconds
+        window = 5.0 if quick else 30.0
+        rates = {pools: _side_by_side_rate(segments_ref, targets_ref, preset, weights, pools == "matched", window)
+                 for pools in ("tensorflow-default", "matched")}
+        figures["side_by_side_segment_iterations_per_s"] = rates
+        figures["matched_pools_speedup"] = rates["matched"] / rates["tensorflow-default"]
         address = ray.get_runtime_context().gcs_address
         figures["driver_peak_mb"] = {str(n): _driver_peak_mb(n, address) for n in sizes}
     finally:
@@ -240,6 +253,34 @@ def bench_pipeline(quick: bool = False) -> dict[str, Any]:
     small, large = (figures["driver_peak_mb"][str(n)] for n in sizes)
     figures["driver_peak_difference_mb"] = large - small
     return figures
+
+
+def _side_by_side_rate(segments: Any, targets: Any, preset: Preset, weights: Any, matched: bool,
+                       window: float) -> float:
+    """Segment-iterations per second of one-CPU optimise tasks, one per CPU of the
+    Ray instance, side by side in fresh workers (``matched``: TensorFlow's pools
+    sized to the task). Each warms up, then all optimise over one common
+    ``window`` of seconds, so that their timed work overlaps."""
+    import ray
+
+    from amnst.pipeline import optimise_segments, use_cpu_threads
+
+    def optimise_in_window(segments: np.ndarray, targets: Any, start_at: float) -> float:
+        if matched:
+            use_cpu_threads(1)
+        optimise_segments(segments, 0, targets, preset, weights)
+        time.sleep(max(0.0, start_at - time.time()))
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < window:
+            optimise_segments(segments, 0, targets, preset, weights)
+            done += 1
+        return len(segments) * preset.nst.iterations * done / (time.perf_counter() - started)
+
+    task = ray.remote(num_cpus=1, max_calls=1)(optimise_in_window)
+    cpus = int(ray.cluster_resources()["CPU"])
+    # Past every worker's start and warm-up (TensorFlow's import, the step's trace).
+    start_at = time.time() + 45.0
+    return sum(ray.get([task.remote(segments, targets, start_at) for _ in range(cpus)]))
 
 
 def _driver_peak_mb(pairs: int, address: str) -> float:
@@ -282,17 +323,24 @@ E2E_GPU_STAGES = ("style", "optimise")
 
 
 def bench_e2e(quick: bool = False, seconds: tuple[float, ...] = E2E_SECONDS,
-              segments_per_task: int | None = None) -> dict[str, Any]:
+              segments_per_task: int | None = None, workers: int = 0) -> dict[str, Any]:
     """Seconds of compute per second of audio, stage by stage, for pairs of each length.
 
     One pair per length (``E2E_PAIR`` synthesized, as wav files in a
-    temporary folder) goes through the batch runner's own stage functions in
-    this process, one after the other, at the ``default`` preset:
-    ``analyse_pair``, ``style_targets_for``, ``optimise_segments`` in tasks
-    of ``segments_per_task`` segments (default: ``amnst run``'s) and
-    ``render_pair``. A one-segment pair warms every compiled function first.
-    ``quick``: 2 iterations, pairs of 4 and 8 s. The spread is the costliest
-    length's cost per audio second over the cheapest's, minus one.
+    temporary folder) goes through the batch runner's own stage functions,
+    one after the other, at the ``default`` preset: ``analyse_pair``,
+    ``style_targets_for``, ``optimise_segments`` in tasks of
+    ``segments_per_task`` segments (default: ``amnst run``'s) and
+    ``render_pair``. With ``workers`` 0 everything runs in this process, on
+    TensorFlow's default pools (the whole machine); with ``workers`` N the
+    optimise tasks run as the runner runs them, as its one-CPU Ray tasks on a
+    local instance of N CPUs, side by side, each worker's pools sized to its
+    CPU. Seconds are wall-clock seconds of the machine. Pairs of one segment
+    and of half a segment warm every compiled function (every worker's) first:
+    two segment widths, so that the step is traced for any fitted width
+    before anything is timed. ``quick``: 2 iterations, pairs of 4 and 8 s.
+    The spread is the costliest length's cost per audio second over the
+    cheapest's, minus one.
     """
     import tempfile
 
@@ -304,14 +352,15 @@ def bench_e2e(quick: bool = False, seconds: tuple[float, ...] = E2E_SECONDS,
         preset, seconds = preset.with_overrides(iterations=2), (4.0, 8.0)
     width = segments_per_task or RunOptions.segments_per_task
     weights = Weights.locate(None, preset.nst.seed)
-    with tempfile.TemporaryDirectory() as folder:
-        _e2e_pair(Path(folder), preset.audio.segment_seconds, preset, weights, width)
-        rows = [_e2e_pair(Path(folder), s, preset, weights, width) for s in seconds]
+    with tempfile.TemporaryDirectory() as folder, _optimise_runner(workers, preset, weights) as optimise:
+        for warm_up in (preset.audio.segment_seconds, preset.audio.segment_seconds / 2):
+            _e2e_pair(Path(folder), warm_up, preset, weights, width, optimise, copies=max(1, workers))
+        rows = [_e2e_pair(Path(folder), s, preset, weights, width, optimise) for s in seconds]
     costs = [row["total_per_audio_second"] for row in rows]
     per_segment = [row["seconds"]["optimise"] / row["segments"] for row in rows]
     return {
         "benchmark": "e2e", "machine": machine(), "preset": preset.name, "iterations": preset.nst.iterations,
-        "segments_per_task": width, "target_per_audio_second": E2E_TARGET,
+        "segments_per_task": width, "workers": workers, "target_per_audio_second": E2E_TARGET,
         "spread_target": E2E_SPREAD_TARGET, "pairs": rows,
         "within_target": [cost <= E2E_TARGET for cost in costs],
         "spread": max(costs) / min(costs) - 1,
@@ -319,6 +368,36 @@ def bench_e2e(quick: bool = False, seconds: tuple[float, ...] = E2E_SECONDS,
                             for stage in E2E_STAGES},
         "optimise_spread_per_segment": _spread(per_segment),
     }
+
+
+OptimiseTasks = Callable[[list[tuple[np.ndarray, int]], Any], list[Any]]
+
+
+@contextlib.contextmanager
+def _optimise_runner(workers: int, preset: Preset, weights: Any) -> Iterator[OptimiseTasks]:
+    """Runs a pair's optimise tasks ``[(segments, start), ...]`` against style targets:
+    in this process (``workers`` 0), or as the runner's Ray tasks on a local
+    instance of ``workers`` CPUs."""
+    from amnst.pipeline import optimise_segments
+
+    if not workers:
+        yield lambda tasks, targets: [optimise_segments(segments, start, targets, preset, weights)
+                                      for segments, start in tasks]
+        return
+    import ray
+
+    from amnst.ray_runner import _optimise
+
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    try:
+        def on_ray(tasks: list[tuple[np.ndarray, int]], targets: Any) -> list[Any]:
+            shared = ray.put(targets)
+            return ray.get([_optimise.options(num_cpus=1).remote(segments, start, shared, preset, weights)
+                            for segments, start in tasks])
+        yield on_ray
+    finally:
+        ray.shutdown()
 
 
 def e2e_table(figures: dict[str, Any]) -> str:
@@ -339,9 +418,12 @@ def _spread(values: list[float]) -> float:
     return max(values) / min(values) - 1
 
 
-def _e2e_pair(folder: Path, seconds: float, preset: Preset, weights: Weights, width: int) -> dict[str, Any]:
-    """One pair of ``seconds`` through the runner's stages in ``folder``; its stage seconds and traffic."""
-    from amnst.pipeline import PairJob, analyse_pair, optimise_segments, render_pair, style_targets_for, timed
+def _e2e_pair(folder: Path, seconds: float, preset: Preset, weights: Weights, width: int,
+              optimise: OptimiseTasks, copies: int = 1) -> dict[str, Any]:
+    """One pair of ``seconds`` through the runner's stages in ``folder``; its stage
+    seconds and traffic. ``copies``: optimise every task that many times over
+    (side by side on Ray), to warm that many workers."""
+    from amnst.pipeline import PairJob, analyse_pair, render_pair, style_targets_for, timed
 
     content, style = synth.evaluation_pair(E2E_PAIR, seconds)
     uris = []
@@ -359,9 +441,9 @@ def _e2e_pair(folder: Path, seconds: float, preset: Preset, weights: Weights, wi
             targets = style_targets_for(job.style_uri, preset, weights)
         # As the runner splits a piece: coupled Grams need every segment in one task.
         step = len(segments) if preset.nst.couples_segments else width
+        tasks = [(segments[start:start + step], start) for start in range(0, len(segments), step)]
         with timed(stages, "optimise"):
-            parts = [optimise_segments(segments[start:start + step], start, targets, preset, weights)
-                     for start in range(0, len(segments), step)]
+            parts = optimise(tasks * copies, targets)[:len(tasks)]
         render_pair(job, info, parts, stages=stages)
     audio_seconds = info.n_samples / preset.audio.sample_rate
     total = sum(stages.values())

@@ -18,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from amnst.audio import num_frames, num_segments
+from amnst.audio import num_frames, segment_layout
 from amnst.config import Preset
 
 FLOAT32_BYTES = 4
@@ -121,15 +121,19 @@ class Layout:
     driver_bytes_per_task: float = 64e3
 
 
-def segment_bytes(preset: Preset) -> int:
-    """Bytes of one float32 mel segment ``(n_mels, segment_frames)``."""
-    return preset.audio.n_mels * preset.audio.segment_frames * FLOAT32_BYTES
+def _layout(preset: Preset, seconds: float) -> tuple[int, int]:
+    samples = int(round(seconds * preset.audio.sample_rate))
+    return segment_layout(num_frames(samples, preset.audio), preset.audio)
+
+
+def segment_bytes(preset: Preset, seconds: float) -> int:
+    """Bytes of one float32 mel segment ``(n_mels, width)`` of a piece of ``seconds``."""
+    return preset.audio.n_mels * _layout(preset, seconds)[1] * FLOAT32_BYTES
 
 
 def segments_per_pair(preset: Preset, seconds: float) -> int:
     """Segments a piece of ``seconds`` is cut into."""
-    samples = int(round(seconds * preset.audio.sample_rate))
-    return num_segments(num_frames(samples, preset.audio), preset.audio)
+    return _layout(preset, seconds)[0]
 
 
 def pair_object_bytes(preset: Preset, seconds: float) -> int:
@@ -140,12 +144,12 @@ def pair_object_bytes(preset: Preset, seconds: float) -> int:
     """
     segments = segments_per_pair(preset, seconds)
     losses = 3 * (preset.nst.iterations + 1) * FLOAT32_BYTES
-    return segments * (2 * segment_bytes(preset) + losses)
+    return segments * (2 * segment_bytes(preset, seconds) + losses)
 
 
 def style_object_bytes(preset: Preset, seconds: float, gram_bytes: float) -> float:
     """Object-store bytes of one style's targets: its Grams and its own segments."""
-    return gram_bytes + segments_per_pair(preset, seconds) * segment_bytes(preset)
+    return gram_bytes + segments_per_pair(preset, seconds) * segment_bytes(preset, seconds)
 
 
 def peak_object_bytes(preset: Preset, seconds: float, gram_bytes: float, max_in_flight: int) -> float:
@@ -198,7 +202,7 @@ def plan(batch: Batch, preset: Preset, costs: Costs, gpu: GpuRate, layout: Layou
 
     pair_bytes = pair_object_bytes(preset, batch.pair_seconds)
     style_bytes = style_object_bytes(preset, batch.pair_seconds, costs.gram_bytes)
-    content_bytes = segments * segment_bytes(preset)
+    content_bytes = segments * segment_bytes(preset, batch.pair_seconds)
     # A split task cuts the pair's segments into one object per optimise task,
     # so the segments cross the network at most twice (to the split task,
     # then each chunk to its optimise task) whatever the number of nodes.
@@ -224,7 +228,7 @@ def plan(batch: Batch, preset: Preset, costs: Costs, gpu: GpuRate, layout: Layou
         "max_in_flight": max_in_flight,
         "pairs_per_second": batch.pairs / busy,
         "object_store": {
-            "segment_bytes": segment_bytes(preset),
+            "segment_bytes": segment_bytes(preset, batch.pair_seconds),
             "pair_bytes": pair_bytes,
             "style_bytes": style_bytes,
             "peak_bytes_bound": peak_object_bytes(preset, batch.pair_seconds, costs.gram_bytes, max_in_flight),

@@ -125,11 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
         bench_commands, "e2e", "seconds of compute per second of audio, stage by stage, for pairs of each length",
         "2 iterations, pairs of 4 and 8 s (smoke test)",
         description="Run one synthesized pair per length through the batch runner's stages in this process "
-                    "(default preset, files in a temporary folder) and report seconds per stage and per "
+                    "or, with --workers, its optimise tasks on Ray (default preset, files in a temporary "
+                    "folder) and report seconds per stage and per "
                     "second of audio, the 0.5 target, and how cost per audio second spreads across lengths.")
     e2e.add_argument("--seconds", type=_positive_float, nargs="+", default=[10.0, 30.0, 120.0],
                      help="pair lengths (s)")
     e2e.add_argument("--segments-per-task", type=int, help="segments per optimise call (default: amnst run's)")
+    e2e.add_argument("--workers", type=int, default=0,
+                     help="run the optimise tasks as amnst run does, as one-CPU Ray tasks on a local instance "
+                          "of this many CPUs (default 0: in this process)")
     capacity = _add_bench_parser(
         bench_commands, "capacity", "GPU workers and budgets for a nightly batch, from measured CPU costs",
         "without --e2e: a quick e2e (smoke test)",
@@ -463,7 +467,7 @@ def command_bench(args: argparse.Namespace) -> int:
         options = dict(presets=tuple(args.presets or ("seed", "default")), variants=tuple(args.variant),
                        weights=args.weights, seconds=args.seconds)
     elif args.benchmark == "e2e":
-        options = dict(seconds=tuple(args.seconds), segments_per_task=args.segments_per_task)
+        options = dict(seconds=tuple(args.seconds), segments_per_task=args.segments_per_task, workers=args.workers)
     elif args.benchmark == "capacity":
         options = dict(e2e=args.e2e, pairs=args.pairs, pair_seconds=args.pair_seconds,
                        window_hours=args.window_hours, gpu=args.gpu)

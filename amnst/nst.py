@@ -180,11 +180,13 @@ class StyleTransfer:
         style_loss = tf.zeros([batch])
         weights = [cfg.style_weight] * len(cfg.style_layers) + [cfg.spectral_style_weight]
         for f, gram, weight in zip(self._style_maps(style_features, mel), grams, weights):
-            h, w, c = f.shape[1], f.shape[2], f.shape[3]
-            flat = tf.reshape(f, [batch, h * w, c])
+            # Positions are dynamic: a compiled step serves every fitted segment width.
+            c = f.shape[3]
+            positions = tf.cast(tf.shape(f)[1] * tf.shape(f)[2], tf.float32)
+            flat = tf.reshape(f, [batch, -1, c])
             per_segment = tf.matmul(flat, flat, transpose_a=True)
             if cfg.couples_segments:
-                n = tf.cast(batch, tf.float32) * float(h * w * c)
+                n = tf.cast(batch, tf.float32) * positions * float(c)
                 error = weight * tf.reduce_sum(tf.square(gram - tf.reduce_sum(per_segment, 0))) / n
                 objective += error
                 style_loss += error
@@ -192,7 +194,7 @@ class StyleTransfer:
                 scale = weight / float(c * c)
                 if cfg.relative_loss:
                     scale /= tf.reduce_mean(tf.square(gram)) + RELATIVE_FLOOR
-                error = scale * tf.reduce_sum(tf.square(per_segment / float(h * w) - gram), axis=[1, 2])
+                error = scale * tf.reduce_sum(tf.square(per_segment / positions - gram), axis=[1, 2])
                 objective += tf.reduce_sum(error)
                 style_loss += error
         if cfg.couples_segments:
@@ -285,7 +287,7 @@ class StyleTransfer:
         if init == "content":
             return content_segments.astype(np.float32)
         if init == "style":
-            return targets.segments[indices % len(targets.segments)]
+            return _fit_frames(targets.segments[indices % len(targets.segments)], content_segments.shape[2])
         if init == "zero":
             return np.zeros_like(content_segments, dtype=np.float32)
         noise = [np.random.default_rng([self.config.seed, int(i)]).standard_normal(
@@ -404,6 +406,13 @@ def _weighted_squared_error(features: tf.Tensor, target: tf.Tensor, scale: tf.Te
         return per_segment, grad
 
     return error(features)
+
+
+def _fit_frames(segments: np.ndarray, frames: int) -> np.ndarray:
+    """``(B, n_mels, w)`` segments cut or repeated along time to ``frames`` frames
+    (a style's fitted segments need not be as wide as the content's)."""
+    repeats = -(-frames // segments.shape[2])
+    return np.tile(segments, (1, 1, repeats))[:, :, :frames]
 
 
 def _select(mask: tf.Tensor, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from amnst import metadata, metrics, report, storage
 from amnst.config import Preset
 from amnst.manifest import Pair, RowError, read_manifest
 from amnst.pipeline import (AnalysisInfo, PairJob, SegmentsResult, Weights, analyse_pair,
-                            optimise_segments, render_pair, style_targets_for)
+                            optimise_segments, render_pair, style_targets_for, use_cpu_threads)
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
 
@@ -106,15 +107,24 @@ def _node() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
+def setup_worker() -> dict[str, Any]:
+    """What every task does first in its worker process: size TensorFlow's thread
+    pools to the CPUs the task was given (``use_cpu_threads``) and register the
+    worker's metrics, which are returned."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    use_cpu_threads(max(1, math.ceil(cpus)))
+    return metrics.worker_metrics()
+
+
 @ray.remote(num_returns=2, max_calls=0)
 def _analyse(job: PairJob, weights: Weights) -> tuple[AnalysisInfo, Any]:
-    metrics.worker_metrics()
+    setup_worker()
     return analyse_pair(job, weights)
 
 
 @ray.remote(max_calls=0)
 def _style(style_uri: str, preset: Preset, weights: Weights) -> Any:
-    metrics.worker_metrics()
+    setup_worker()
     return style_targets_for(style_uri, preset, weights)
 
 
@@ -126,14 +136,15 @@ def _split(segments: np.ndarray, width: int) -> tuple[np.ndarray, ...]:
 
 @ray.remote(max_calls=0)
 def _optimise(segments: Any, start: int, targets: Any, preset: Preset, weights: Weights) -> SegmentsResult:
+    worker_metrics = setup_worker()
     result = optimise_segments(segments, start, targets, preset, weights)
-    metrics.worker_metrics()["amnst_worker_nst_iterations"].inc(len(segments) * preset.nst.iterations)
+    worker_metrics["amnst_worker_nst_iterations"].inc(len(segments) * preset.nst.iterations)
     return dataclasses.replace(result, node=_node())
 
 
 @ray.remote(max_calls=0)
 def _render(job: PairJob, info: AnalysisInfo, fmt: str, *parts: SegmentsResult) -> dict[str, Any]:
-    metrics.worker_metrics()
+    setup_worker()
     return {**render_pair(job, info, list(parts), fmt), "worker_node": _node()}
 
 

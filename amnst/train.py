@@ -70,7 +70,7 @@ RUN_NAME = "cnn"  # Ray Train's run name: a fixed one is what lets a rerun find 
 TRAINING_SCHEMA_VERSION = 1
 
 # The CNN's input: the default preset's magnitude mel, cut without overlap as the original was.
-TRAIN_AUDIO = dataclasses.replace(get_preset("default").audio, overlap_frames=0)
+TRAIN_AUDIO = dataclasses.replace(get_preset("default").audio, overlap_frames=0, fit_segments=False)
 
 
 class DatasetError(ValueError):

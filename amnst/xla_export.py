@@ -103,7 +103,8 @@ def _export(folder: Path, batches: tuple[int, ...], seconds: float, check_iterat
                         content_loss=np.asarray(content_loss), style_loss=np.asarray(style_loss))
     inversion = _export_inversion(folder, preset, content_mel, len(content)) if invert else None
     manifest = {"preset": preset.name, "pair": EXPORT_PAIR, "tf32": tf32, "tensorflow": tf.__version__,
-                "segment_hop_seconds": (preset.audio.segment_frames - preset.audio.overlap_frames)
+                # How far each of the pair's (fitted) segments advances the piece.
+                "segment_hop_seconds": (segments.shape[2] - preset.audio.overlap_frames)
                 * preset.audio.hop_length / preset.audio.sample_rate,
                 "iterations": preset.nst.iterations,
                 "check": {"batch": programs[0]["batch"], "iterations": check_iterations},

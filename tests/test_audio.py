@@ -15,6 +15,7 @@ from amnst.config import AudioConfig
 SR = 22050
 CONFIG = AudioConfig()
 OVERLAPPED = AudioConfig(overlap_frames=32)
+FITTED = AudioConfig(overlap_frames=32, fit_segments=True)
 # 16-bit PCM: one quantisation step plus libsndfile's 32767-vs-32768 scaling.
 PCM16_ATOL = 2 / 32768
 # (container, subtype, lossless)
@@ -240,6 +241,18 @@ def test_num_segments(n_frames, overlap, count):
     assert audio.segment(_random_mel(n_frames), config).shape == (count, 384, 431)
 
 
+@pytest.mark.parametrize(("n_frames", "count", "width"), [
+    (1, 1, 192), (200, 1, 208), (431, 1, 431), (432, 2, 240), (862, 3, 320), (2584, 7, 400),
+    (10336, 26, 431),
+])
+def test_fitted_segments_keep_the_count_and_shrink_to_cover_the_piece(n_frames, count, width):
+    assert audio.segment_layout(n_frames, FITTED) == (count, width)
+    assert audio.num_segments(n_frames, FITTED) == count
+    assert audio.segment(_random_mel(n_frames), FITTED).shape == (count, 384, width)
+    covered = count * width - (count - 1) * 32
+    assert n_frames <= covered < n_frames + count * 16 or width in (192, 431)
+
+
 def test_segments_without_overlap_tile_the_mel_and_pad_with_zeros():
     mel = _random_mel(1000)
     segments = audio.segment(mel, CONFIG)
@@ -270,20 +283,20 @@ def test_overlapping_segments_share_frames():
         np.testing.assert_array_equal(segments[index, :, :stop - start], mel[:, start:stop])
 
 
-@pytest.mark.parametrize("config", [CONFIG, OVERLAPPED, AudioConfig(overlap_frames=215)],
-                         ids=["no-overlap", "overlap-32", "overlap-max"])
+@pytest.mark.parametrize("config", [CONFIG, OVERLAPPED, AudioConfig(overlap_frames=215), FITTED],
+                         ids=["no-overlap", "overlap-32", "overlap-max", "fitted"])
 @pytest.mark.parametrize("n_frames", [1, 300, 431, 432, 830, 831, 1293, 2500])
 def test_no_frame_is_dropped(config, n_frames):
     mel = _random_mel(n_frames, seed=n_frames)
     segments = audio.segment(mel, config)
-    step = config.segment_frames - config.overlap_frames
+    step = segments.shape[2] - config.overlap_frames
     for frame in range(n_frames):
         index = min(frame // step, len(segments) - 1)
         np.testing.assert_array_equal(segments[index, :, frame - index * step], mel[:, frame])
 
 
-@pytest.mark.parametrize("config", [CONFIG, OVERLAPPED, AudioConfig(overlap_frames=215)],
-                         ids=["no-overlap", "overlap-32", "overlap-max"])
+@pytest.mark.parametrize("config", [CONFIG, OVERLAPPED, AudioConfig(overlap_frames=215), FITTED],
+                         ids=["no-overlap", "overlap-32", "overlap-max", "fitted"])
 @pytest.mark.parametrize("n_frames", [1, 300, 431, 432, 830, 831, 1293, 2500])
 def test_stitching_unmodified_segments_reproduces_the_mel(config, n_frames):
     mel = _random_mel(n_frames, seed=n_frames)
@@ -294,7 +307,7 @@ def test_stitching_unmodified_segments_reproduces_the_mel(config, n_frames):
 
 def test_stitch_real_mel_round_trip(long_clip):
     mel = audio.mel_spectrogram(long_clip, CONFIG)
-    for config in (CONFIG, OVERLAPPED):
+    for config in (CONFIG, OVERLAPPED, FITTED):
         stitched = audio.stitch(audio.segment(mel, config), mel.shape[1], config)
         np.testing.assert_allclose(stitched, mel, rtol=1e-5, atol=1e-6 * mel.max())
 
@@ -317,8 +330,10 @@ def test_stitch_rejects_wrong_shapes():
     segments = audio.segment(_random_mel(500), CONFIG)
     with pytest.raises(ValueError, match="frames"):
         audio.stitch(segments[:, :, :400], 500, CONFIG)
-    with pytest.raises(ValueError, match="fewer than"):
+    with pytest.raises(ValueError, match="863 frames are 3 segments of 431 frames, got 2"):
         audio.stitch(segments, 863, CONFIG)
+    with pytest.raises(ValueError, match="500 frames are 2 segments of 272 frames, got 2 of 431"):
+        audio.stitch(segments, 500, FITTED)
 
 
 # --------------------------------------------------------------------------

@@ -33,7 +33,9 @@ def plan(**batch) -> dict:
 def test_segments_per_pair_is_what_segment_cuts(seconds):
     frames = audio.num_frames(int(seconds * PRESET.audio.sample_rate), PRESET.audio)
     mel = np.zeros((PRESET.audio.n_mels, frames), np.float32)
-    assert capacity.segments_per_pair(PRESET, seconds) == len(audio.segment(mel, PRESET.audio))
+    segments = audio.segment(mel, PRESET.audio)
+    assert capacity.segments_per_pair(PRESET, seconds) == len(segments)
+    assert capacity.segment_bytes(PRESET, seconds) == segments[0].nbytes
 
 
 def test_work_and_workers_grow_linearly_with_the_batch():
@@ -155,7 +157,7 @@ def test_a_scaled_down_batch_keeps_the_models_budgets(gpu_cluster, tmp_path):
     peak = max(used for _, used in samples)
     bound = capacity.peak_object_bytes(preset, PAIR_SECONDS, style_gram_bytes(build_model(), preset.nst),
                                        MAX_IN_FLIGHT)
-    assert capacity.segment_bytes(preset) <= peak <= bound
+    assert capacity.segment_bytes(preset, PAIR_SECONDS) <= peak <= bound
     audio_files = sorted(p.name for p in (output / "audio").iterdir())
     assert audio_files == [f"p{i}.wav" for i in range(PAIRS)]
     records = list((output / "_amnst").rglob("*.parquet"))

@@ -113,6 +113,36 @@ def test_the_xla_compiled_step_optimises_as_the_graph_does(random_cnn, music_and
     assert np.linalg.norm(got.mels - expected.mels) < 1e-3 * np.linalg.norm(expected.mels)
 
 
+def test_one_compiled_step_serves_every_fitted_width(random_cnn, music_and_rain):
+    # Fitted segments differ in width from pair to pair; after the second width the
+    # step is traced for any width, and must give what a step traced for one width does.
+    cfg = get_preset("default").with_overrides(iterations=3).nst
+    mel = segments_of(music_and_rain[0], "default", 1)
+    shared = StyleTransfer(random_cnn, cfg)
+    targets = shared.style_targets(segments_of(music_and_rain[1], "default"))
+    assert mel.shape[2] == 320  # 7 s: two fitted segments
+    for width in (320, 240, 272):
+        got = shared.optimise(mel[:, :, :width], targets)
+        expected = StyleTransfer(random_cnn, cfg).optimise(mel[:, :, :width], targets)
+        assert got.mels.shape == (1, 384, width)
+        np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-5)
+        np.testing.assert_allclose(got.mels, expected.mels, rtol=1e-4, atol=1e-6)
+
+
+def test_a_style_start_takes_the_contents_width(random_cnn, music_and_rain):
+    cfg = get_preset("default").with_overrides(iterations=2, init="style").nst
+    transfer = StyleTransfer(random_cnn, cfg)
+    style = segments_of(music_and_rain[1], "default")[:, :, :200]
+    targets = transfer.style_targets(style)
+    content = segments_of(music_and_rain[0], "default", 2)
+    start = transfer.initial_target(content, targets, np.arange(2))
+    assert start.shape == content.shape
+    # Narrower style segments repeat along time.
+    assert content.shape[2] == 320
+    np.testing.assert_array_equal(start[0, :, 200:], style[0, :, :120])
+    assert np.all(np.isfinite(transfer.optimise(content, targets).loss))
+
+
 @pytest.mark.parametrize("pair", [p.name for p in synth.EVALUATION_PAIRS[:5]])
 def test_default_lowers_the_loss_on_every_pair(random_cnn, pair):
     cfg = get_preset("default").with_overrides(iterations=12).nst

@@ -72,6 +72,23 @@ def read_output(uri: str) -> np.ndarray:
     return sf.read(io.BytesIO(body), dtype="float32")[0]
 
 
+def test_tasks_run_tensorflow_on_the_cpus_they_were_given(local_ray):
+    def pools_after_setup() -> tuple[int, int]:
+        import tensorflow as tf
+
+        from amnst.ray_runner import setup_worker
+
+        setup_worker()
+        tf.constant(1.0) + 1.0  # TensorFlow starts here, with the pools as set
+        return (tf.config.threading.get_intra_op_parallelism_threads(),
+                tf.config.threading.get_inter_op_parallelism_threads())
+
+    # max_calls=1: a fresh worker process each, as TensorFlow's pools are sized once per process.
+    probe = ray.remote(max_calls=1)(pools_after_setup)
+    assert ray.get(probe.options(num_cpus=1).remote()) == (1, 1)
+    assert ray.get(probe.options(num_cpus=2).remote()) == (2, 2)
+
+
 def test_a_manifest_in_s3_runs_and_its_records_read_back(local_ray, s3_bucket):
     manifest = write_manifest(write_inputs(2))
     output = f"{BUCKET}/out"
