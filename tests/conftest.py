@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import shutil
 from pathlib import Path
@@ -53,10 +55,13 @@ def music_and_rain() -> tuple[np.ndarray, np.ndarray]:
     return synth.music(7.0, seed=3), synth.rain(6.0, seed=3)
 
 
-def segments_of(y: np.ndarray, preset_name: str, count: int | None = None) -> np.ndarray:
-    preset = get_preset(preset_name)
-    segments = audio.segment(audio.mel_spectrogram(y, preset.audio), preset.audio)
-    return segments[:count]
+def segments_of(y: np.ndarray, preset_name: str, count: int | None = None, full: bool = False) -> np.ndarray:
+    """The preset's segments of ``y``; ``full``: the CNN's whole 431 frames, not fitted
+    (the Keras model's input shape)."""
+    config = get_preset(preset_name).audio
+    if full:
+        config = dataclasses.replace(config, fit_segments=False)
+    return audio.segment(audio.mel_spectrogram(y, config), config)[:count]
 
 
 def write_wav(path: Path, y: np.ndarray, sample_rate: int = 22050) -> Path:

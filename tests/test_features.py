@@ -21,7 +21,7 @@ def cnns(seed_weights_npy, tmp_path_factory):
 @pytest.mark.parametrize("weights", ["random", "trained"])
 def test_features_equal_the_keras_model(cnns, music_and_rain, weights):
     cnn = cnns[weights]
-    x = tf.constant(segments_of(music_and_rain[0], "default", 2)[..., None])
+    x = tf.constant(segments_of(music_and_rain[0], "default", 2, full=True)[..., None])
     stack = FeatureStack(cnn, FEATURE_MAP_LAYERS)(x)
     reference = model.feature_extractor(cnn, FEATURE_MAP_LAYERS)(x, training=False)
     for index, expected in zip(FEATURE_MAP_LAYERS, reference):
@@ -32,7 +32,7 @@ def test_features_equal_the_keras_model(cnns, music_and_rain, weights):
 def test_input_gradients_equal_the_keras_model(cnns, music_and_rain):
     cnn = cnns["trained"]
     layers = (0, 2, 4, 8, 12, 16)
-    x = tf.constant(segments_of(music_and_rain[0], "default", 2)[..., None])
+    x = tf.constant(segments_of(music_and_rain[0], "default", 2, full=True)[..., None])
     weights = [tf.random.stateless_normal(s, seed=[i, 0]) for i, s in
                enumerate(f.shape for f in FeatureStack(cnn, layers)(x).values())]
 

@@ -48,7 +48,7 @@ def test_random_initialisation_is_seeded():
 
 def test_feature_extractor_gives_the_chosen_layers(music_and_rain):
     cnn = model.build_model()
-    x = segments_of(music_and_rain[0], "default", 1)[..., None]
+    x = segments_of(music_and_rain[0], "default", 1, full=True)[..., None]
     extractor = model.feature_extractor(cnn, (0, 4, 16))
     outputs = extractor(x, training=False)
     assert [tuple(o.shape[1:]) for o in outputs] == [EXPECTED_SHAPES[i] for i in (0, 4, 16)]
@@ -63,7 +63,7 @@ def test_imported_weights_give_the_original_class_probabilities(seed_cnn, seed_w
     # The reference: the file loaded the unsafe way, exactly as the research code did.
     weights = np.load(seed_weights_npy, allow_pickle=True).item()
     original.set_weights([weights[k] for k in range(len(weights))])
-    x = segments_of(music_and_rain[0], "default", 1)[..., None]
+    x = segments_of(music_and_rain[0], "default", 1, full=True)[..., None]
     reference = original(x, training=False).numpy()
     np.testing.assert_allclose(imported(x, training=False).numpy(), reference, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(model.load_model(path)(x, training=False).numpy(), reference, rtol=1e-6, atol=1e-7)
