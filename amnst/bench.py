@@ -259,15 +259,17 @@ def _side_by_side_rate(segments: Any, targets: Any, preset: Preset, weights: Any
                        window: float) -> float:
     """Segment-iterations per second of one-CPU optimise tasks, one per CPU of the
     Ray instance, side by side in fresh workers (``matched``: TensorFlow's pools
-    sized to the task). Each warms up, then all optimise over one common
-    ``window`` of seconds, so that their timed work overlaps."""
+    sized to the task by the runner's ``setup_worker``). Each warms up, then all
+    optimise over one common ``window`` of seconds, so that their timed work
+    overlaps."""
     import ray
 
-    from amnst.pipeline import optimise_segments, use_cpu_threads
+    from amnst.pipeline import optimise_segments
+    from amnst.ray_runner import setup_worker
 
     def optimise_in_window(segments: np.ndarray, targets: Any, start_at: float) -> float:
         if matched:
-            use_cpu_threads(1)
+            setup_worker()
         optimise_segments(segments, 0, targets, preset, weights)
         time.sleep(max(0.0, start_at - time.time()))
         done, started = 0, time.perf_counter()

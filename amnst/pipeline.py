@@ -215,28 +215,6 @@ def analyse_pair(job: PairJob, weights: Weights,
                         n_segments=len(piece.segments), seconds=time.perf_counter() - clock), piece.segments
 
 
-def use_cpu_threads(threads: int) -> None:
-    """Run TensorFlow's ops on ``threads`` threads, each op and ops side by side.
-
-    TensorFlow sizes its pools to the whole machine, so N one-CPU tasks on an
-    N-core node would run N x N threads; matched to the tasks' CPUs, two
-    optimise tasks on this project's 2-core machine did 1.10x the work of two
-    with TensorFlow's default pools (README, Performance). The pools can only
-    be sized before TensorFlow starts: in a process where it already runs,
-    this changes nothing.
-    """
-    import tensorflow as tf
-
-    pools = tf.config.threading
-    if pools.get_intra_op_parallelism_threads() == threads:
-        return
-    try:
-        pools.set_intra_op_parallelism_threads(threads)
-        pools.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:
-        pass  # TensorFlow already started in this process: its pools stay as they are
-
-
 _TRANSFERS: dict[tuple[str, NSTConfig], StyleTransfer] = {}
 
 

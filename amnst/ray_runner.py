@@ -28,7 +28,7 @@ from amnst import metadata, metrics, report, storage
 from amnst.config import Preset
 from amnst.manifest import Pair, RowError, read_manifest
 from amnst.pipeline import (AnalysisInfo, PairJob, SegmentsResult, Weights, analyse_pair,
-                            optimise_segments, render_pair, style_targets_for, use_cpu_threads)
+                            optimise_segments, render_pair, style_targets_for)
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
 
@@ -108,17 +108,34 @@ def _node() -> str:
 
 
 def setup_worker() -> dict[str, Any]:
-    """What every task does first in its worker process: size TensorFlow's thread
-    pools to the CPUs the task was given (``use_cpu_threads``) and register the
-    worker's metrics, which are returned."""
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    use_cpu_threads(max(1, math.ceil(cpus)))
+    """What a TensorFlow task does first in its worker process: size TensorFlow's
+    thread pools to the CPUs the task was given, and register the worker's
+    metrics, which are returned.
+
+    TensorFlow sizes its pools to the whole machine, so N one-CPU tasks on an
+    N-core node would each run N threads; matched to the tasks' CPUs, two
+    optimise tasks on this project's 2-core machine did 1.23x the work
+    (``amnst bench pipeline``, README, Performance). Pools can only be sized
+    before TensorFlow starts, so a worker keeps those of its first TensorFlow task.
+    """
+    import tensorflow as tf
+
+    threads = max(1, math.ceil(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)))
+    pools = tf.config.threading
+    if pools.get_intra_op_parallelism_threads() != threads:
+        try:
+            pools.set_intra_op_parallelism_threads(threads)
+            pools.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass  # TensorFlow already started in this process: its pools stay as they are
     return metrics.worker_metrics()
 
 
 @ray.remote(num_returns=2, max_calls=0)
 def _analyse(job: PairJob, weights: Weights) -> tuple[AnalysisInfo, Any]:
-    setup_worker()
+    # No TensorFlow here (librosa only): importing it would cost this worker
+    # seconds and memory; the worker's first TensorFlow task sizes its pools.
+    metrics.worker_metrics()
     return analyse_pair(job, weights)
 
 
