@@ -1,4 +1,5 @@
-"""The capacity model, the end-to-end bench's smoke run, and the model's budgets on a scaled-down cluster."""
+"""The capacity model and the end-to-end bench's smoke run (the model's budgets on a
+scaled-down cluster: tests/test_ray_cluster.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
-from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-from ray.cluster_utils import Cluster
 
-from amnst import audio, capacity, metadata, synth
-from amnst.bench import E2E_STAGES, style_gram_bytes
+from amnst import audio, capacity
+from amnst.bench import E2E_STAGES
 from amnst.cli import main
 from amnst.config import get_preset
-from amnst.model import build_model
-from amnst.ray_runner import RunOptions, run_manifest
 
 PRESET = get_preset("default")
 COSTS = capacity.Costs(gram_bytes=1e6, cpu_core_seconds_per_audio_second=0.2,
@@ -105,62 +101,3 @@ def test_a_replayed_rate_is_taken_at_the_largest_batch_a_task_holds():
     # A task smaller than every measured batch takes the smallest.
     figures["optimise"] = figures["optimise"][:1]
     assert capacity.GpuRate.replayed(figures, 4).seconds_per_segment_iteration == pytest.approx(1 / 2800)
-
-
-PAIRS, PAIR_SECONDS, MAX_IN_FLIGHT = 4, 6.0, 6
-
-
-@pytest.fixture()
-def gpu_cluster():
-    """A CPU-only head and two nodes of one logical GPU and two CPUs each."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-    workers = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
-    yield cluster, workers
-    ray.shutdown()
-    cluster.shutdown()
-
-
-@pytest.mark.slow
-def test_a_scaled_down_batch_keeps_the_models_budgets(gpu_cluster, tmp_path):
-    cluster, workers = gpu_cluster
-    rows = []
-    for index in range(2):
-        (tmp_path / f"style{index}.wav").write_bytes(audio.encode(synth.rain(4.0, seed=index), 22050, "wav"))
-    for index in range(PAIRS):
-        y = synth.music(PAIR_SECONDS, seed=20 + index)
-        (tmp_path / f"m{index}.wav").write_bytes(audio.encode(y, 22050, "wav"))
-        rows.append(f"p{index},m{index}.wav,style{index % 2}.wav")
-    (tmp_path / "manifest.csv").write_text("pair_id,content,style\n" + "\n".join(rows) + "\n")
-    preset = PRESET.with_overrides(iterations=3)
-    output = tmp_path / "out"
-    options = RunOptions(str(output), preset, num_gpus_per_task=0.5, segments_per_task=1,
-                         max_in_flight=MAX_IN_FLIGHT)
-    state = get_state_from_address(cluster.address)
-    samples = []
-
-    def sample(progress):
-        stats = get_memory_info_reply(state).store_stats
-        samples.append((progress.in_flight, stats.object_store_bytes_primary_copy))
-
-    summary = run_manifest(str(tmp_path / "manifest.csv"), options, on_progress=sample)
-
-    assert summary.progress.ok == PAIRS and summary.progress.failed == 0
-    segments = metadata.read_table(str(output), "segments").to_pylist()
-    per_pair = capacity.segments_per_pair(preset, PAIR_SECONDS)
-    assert len(segments) == PAIRS * per_pair
-    # Two optimise tasks per logical GPU: every GPU node takes a share, the GPU-less head none.
-    assert {row["worker_node"] for row in segments} == {node.node_id for node in workers}
-
-    assert max(in_flight for in_flight, _ in samples) <= MAX_IN_FLIGHT
-    peak = max(used for _, used in samples)
-    bound = capacity.peak_object_bytes(preset, PAIR_SECONDS, style_gram_bytes(build_model(), preset.nst),
-                                       MAX_IN_FLIGHT)
-    assert capacity.segment_bytes(preset, PAIR_SECONDS) <= peak <= bound
-    audio_files = sorted(p.name for p in (output / "audio").iterdir())
-    assert audio_files == [f"p{i}.wav" for i in range(PAIRS)]
-    records = list((output / "_amnst").rglob("*.parquet"))
-    assert len(records) <= capacity.metadata_files(PAIRS, per_pair, summary.seconds,
-                                                   capacity.Layout().metadata_flush_rows,
-                                                   options.metadata_flush_seconds)

@@ -1,26 +1,106 @@
-"""Several Ray nodes with logical GPUs: fractional GPU tasks, and a node lost mid-run."""
+"""Several Ray nodes with logical GPUs: fractional GPU tasks within the capacity model's
+budgets, and a node lost mid-run.
+
+One cluster serves the module: its start and its workers' TensorFlow imports
+are most of a test's time on a small machine.
+"""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+import ray
+from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+from ray.cluster_utils import Cluster
 
-from amnst import reliability
+from amnst import audio, capacity, metadata, reliability, synth
+from amnst.bench import style_gram_bytes
+from amnst.config import get_preset
+from amnst.model import build_model
+from amnst.ray_runner import RunOptions, run_manifest
+
+PRESET = get_preset("default")
+PAIRS, PAIR_SECONDS, MAX_IN_FLIGHT = 4, 6.0, 6
+# A removed node is declared dead after five missed 1 s checks rather than Ray's default of
+# five missed 3 s checks: the node-loss run took 40 s instead of 73 s. A live raylet, even on
+# a loaded machine, answers within the 2 s each check allows.
+NODE_HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000,
+                      "health_check_failure_threshold": 5}
 
 
 @pytest.fixture(scope="module")
-def remove_a_node(moto_server):
-    """A head and two GPU nodes, and what takes one of them away at once."""
+def gpu_cluster(moto_server):
+    """A CPU-only head and two nodes of one logical GPU and two CPUs each, whose
+    workers reach the moto endpoint through the standard variables."""
     os.environ.update(AWS_ENDPOINT_URL=moto_server, AWS_ACCESS_KEY_ID="testing",
                       AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    with reliability.gpu_cluster() as remove:
-        yield remove
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "num_gpus": 0, "_system_config": NODE_HEALTH_CHECKS})
+    try:
+        workers = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        try:
+            yield cluster, workers
+        finally:
+            ray.shutdown()
+    finally:
+        cluster.shutdown()
 
 
-def test_removing_a_node_mid_run_still_completes_every_pair(remove_a_node, s3_bucket):
-    # Half a GPU per optimise task; once work is under way on both GPU nodes, one goes away.
-    outcome = reliability.node_loss(s3_bucket, remove_a_node, pairs=4)
+@pytest.mark.slow
+def test_a_scaled_down_batch_keeps_the_models_budgets(gpu_cluster, tmp_path):
+    cluster, workers = gpu_cluster
+    rows = []
+    for index in range(2):
+        (tmp_path / f"style{index}.wav").write_bytes(audio.encode(synth.rain(4.0, seed=index), 22050, "wav"))
+    for index in range(PAIRS):
+        y = synth.music(PAIR_SECONDS, seed=20 + index)
+        (tmp_path / f"m{index}.wav").write_bytes(audio.encode(y, 22050, "wav"))
+        rows.append(f"p{index},m{index}.wav,style{index % 2}.wav")
+    (tmp_path / "manifest.csv").write_text("pair_id,content,style\n" + "\n".join(rows) + "\n")
+    preset = PRESET.with_overrides(iterations=3)
+    output = tmp_path / "out"
+    options = RunOptions(str(output), preset, num_gpus_per_task=0.5, segments_per_task=1,
+                         max_in_flight=MAX_IN_FLIGHT)
+    state = get_state_from_address(cluster.address)
+    samples = []
+
+    def sample(progress):
+        stats = get_memory_info_reply(state).store_stats
+        samples.append((progress.in_flight, stats.object_store_bytes_primary_copy))
+
+    summary = run_manifest(str(tmp_path / "manifest.csv"), options, on_progress=sample)
+
+    assert summary.progress.ok == PAIRS and summary.progress.failed == 0
+    segments = metadata.read_table(str(output), "segments").to_pylist()
+    per_pair = capacity.segments_per_pair(preset, PAIR_SECONDS)
+    assert len(segments) == PAIRS * per_pair
+    # Two optimise tasks per logical GPU: every GPU node takes a share, the GPU-less head none.
+    assert {row["worker_node"] for row in segments} == {node.node_id for node in workers}
+
+    assert max(in_flight for in_flight, _ in samples) <= MAX_IN_FLIGHT
+    peak = max(used for _, used in samples)
+    bound = capacity.peak_object_bytes(preset, PAIR_SECONDS, style_gram_bytes(build_model(), preset.nst),
+                                       MAX_IN_FLIGHT)
+    assert capacity.segment_bytes(preset, PAIR_SECONDS) <= peak <= bound
+    audio_files = sorted(p.name for p in (output / "audio").iterdir())
+    assert audio_files == [f"p{i}.wav" for i in range(PAIRS)]
+    records = list((output / "_amnst").rglob("*.parquet"))
+    assert len(records) <= capacity.metadata_files(PAIRS, per_pair, summary.seconds,
+                                                   capacity.Layout().metadata_flush_rows,
+                                                   options.metadata_flush_seconds)
+
+
+def test_removing_a_node_mid_run_still_completes_every_pair(gpu_cluster, s3_bucket):
+    # A third GPU node joins for this run and goes away once work is under way, with
+    # tasks placed on it; the module's two nodes stay for whichever test runs next.
+    cluster, _ = gpu_cluster
+    doomed = cluster.add_node(num_cpus=2, num_gpus=1)
+    cluster.wait_for_nodes()
+    outcome = reliability.node_loss(s3_bucket, lambda: cluster.remove_node(doomed, allow_graceful=False),
+                                    pairs=4)
     assert outcome.faults == 1, "the run ended before a node could be removed"
     assert outcome.exit_status == 0
     # Every pair done exactly once, its whole output and nothing else under the output prefix.
