@@ -529,9 +529,10 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
     """Every preset (and variant) over the synthesized evaluation set, with reference rows.
 
     A variant is ``"base:key=value,key=value"`` (base preset, then overrides).
-    Reference rows: the content itself, and a plain mix (0.7 content + 0.3
+    Reference rows: the content itself; a plain mix (0.7 content + 0.3
     style), which keeps the content and already moves toward the style: a
-    transfer has to beat it. Returns per-pair rows and per-method means.
+    transfer has to beat it; and the content equalised to the style's
+    long-term spectrum. Returns per-pair rows and per-method means.
     """
     from amnst import quality
     from amnst.config import parse_layers
@@ -553,7 +554,8 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
     rows = []
     for pair in pairs:
         content, style = synth.evaluation_pair(pair.name, seconds)
-        references = {"content": content, "mix": quality.plain_mix(content, style)}
+        references = {"content": content, "mix": quality.plain_mix(content, style),
+                      "equalised": quality.equalised(content, style, get_preset("default").audio)}
         for name, output in references.items():
             rows.append({"pair": pair.name, "method": name,
                          **quality.assess(output, content, style, get_preset("default").audio)})

@@ -26,6 +26,8 @@ measure documents its formula, range and direction:
 Reference rows put a transfer's measures in context: the content itself
 (what doing nothing scores) and a plain mix of content and style (what the
 cheapest move toward the style scores); a transfer has to beat the mix.
+``amnst bench quality`` adds the content equalised to the style's long-term
+spectrum (:func:`equalised`): how far a timbre move that keeps every note gets.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ GRAM_LAYERS = (4, 8, 12, 16)
 N_MFCC = 20
 # The plain mix reference: this much content, the rest style (amnst bench quality's too).
 MIX_CONTENT_GAIN = 0.7
+# The equalised reference's largest sample, where it would otherwise clip.
+CLIP_HEADROOM = 0.99
+# Bins this far below a spectrum's peak (-100 dB) count as that level, not as -inf.
+SPECTRUM_FLOOR = 1e-10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +216,32 @@ def plain_mix(content: np.ndarray, style: np.ndarray) -> np.ndarray:
     """``MIX_CONTENT_GAIN`` of the content plus the rest of the style (looped or cut to the
     content's length): a reference that keeps the content and already moves toward the style."""
     return MIX_CONTENT_GAIN * content + (1.0 - MIX_CONTENT_GAIN) * np.resize(style, content.shape)
+
+
+def equalised(content: np.ndarray, style: np.ndarray, config: AudioConfig,
+              smoothing_bins: int = 9) -> np.ndarray:
+    """The content filtered to the style's long-term spectrum: a reference for the
+    cheapest move toward the style's timbre that keeps the content's notes and timing.
+
+    Every STFT bin of the content is scaled by ``sqrt(P_style / P_content)``, the
+    two signals' power spectra averaged over time, the ratio's logarithm smoothed
+    over ``smoothing_bins`` neighbouring bins (a spectral envelope, not single
+    partials). The result is scaled down only where it would clip. Same length
+    as ``content``.
+    """
+    if smoothing_bins < 1:
+        raise ValueError(f"smoothing_bins must be >= 1, got {smoothing_bins}")
+    spectrum = librosa.stft(content, n_fft=config.n_fft, hop_length=config.hop_length)
+    content_power = np.mean(np.abs(spectrum) ** 2, axis=1)
+    style_power = np.mean(power_spectrogram(style, config), axis=1)
+    # Floors relative to each spectrum's peak: a louder style is the same filter, louder.
+    log_ratio = (np.log(style_power + SPECTRUM_FLOOR * style_power.max() + 1e-30)
+                 - np.log(content_power + SPECTRUM_FLOOR * content_power.max() + 1e-30))
+    padded = np.pad(log_ratio, (smoothing_bins // 2, (smoothing_bins - 1) // 2), mode="edge")
+    log_ratio = np.convolve(padded, np.ones(smoothing_bins) / smoothing_bins, mode="valid")
+    y = librosa.istft(spectrum * np.exp(log_ratio / 2)[:, None], hop_length=config.hop_length,
+                      length=len(content))
+    return y / max(1.0, float(np.max(np.abs(y))) / CLIP_HEADROOM)
 
 
 def assess_with_references(output: np.ndarray, content: np.ndarray, style: np.ndarray,

@@ -80,6 +80,17 @@ def test_reference_rows_are_the_content_and_the_plain_mix_measured_alike(pair):
     assert np.allclose(quality.plain_mix(content, style[:100]), 0.7 * content + 0.3 * np.resize(style[:100], content.shape))
 
 
+def test_equalising_reaches_the_styles_spectrum_and_never_clips(pair):
+    content, _ = pair
+    # The content is its own long-term spectrum, and a quieter copy is a uniform -6 dB.
+    np.testing.assert_allclose(quality.equalised(content, content, CONFIG), content, atol=1e-4)
+    np.testing.assert_allclose(quality.equalised(content, 0.5 * content, CONFIG), 0.5 * content, atol=1e-4)
+    louder = quality.equalised(content, 10.0 * content, CONFIG)
+    assert np.max(np.abs(louder)) == pytest.approx(quality.CLIP_HEADROOM)
+    with pytest.raises(ValueError, match="smoothing_bins"):
+        quality.equalised(content, content, CONFIG, smoothing_bins=0)
+
+
 def test_compile_kernels_caches_the_kernel_that_crashed_racing_workers():
     # chroma_stft's tuning estimate (piptrack) is the kernel two fresh Ray workers compiled at
     # once and crashed on; after compile_kernels a worker only reads it from librosa's cache.
