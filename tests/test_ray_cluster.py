@@ -12,7 +12,6 @@ import os
 import pytest
 import ray
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-from ray.cluster_utils import Cluster
 
 from amnst import audio, capacity, metadata, reliability, synth
 from amnst.bench import style_gram_bytes
@@ -22,11 +21,6 @@ from amnst.ray_runner import RunOptions, run_manifest
 
 PRESET = get_preset("default")
 PAIRS, PAIR_SECONDS, MAX_IN_FLIGHT = 4, 6.0, 6
-# A removed node is declared dead after five missed 1 s checks rather than Ray's default of
-# five missed 3 s checks: the node-loss run took 40 s instead of 73 s. A live raylet, even on
-# a loaded machine, answers within the 2 s each check allows.
-NODE_HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000,
-                      "health_check_failure_threshold": 5}
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +29,8 @@ def gpu_cluster(moto_server):
     workers reach the moto endpoint through the standard variables."""
     os.environ.update(AWS_ENDPOINT_URL=moto_server, AWS_ACCESS_KEY_ID="testing",
                       AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "num_gpus": 0, "_system_config": NODE_HEALTH_CHECKS})
-    try:
-        workers = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
-        try:
-            yield cluster, workers
-        finally:
-            ray.shutdown()
-    finally:
-        cluster.shutdown()
+    with reliability.gpu_cluster(cpus_per_node=2) as cluster_and_nodes:
+        yield cluster_and_nodes
 
 
 @pytest.mark.slow
