@@ -551,14 +551,17 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
     if quick:
         methods = {name: p.with_overrides(iterations=min(p.nst.iterations, 10)) for name, p in methods.items()}
     transfers = {name: StyleTransfer(load_model(weights, seed=p.nst.seed), p.nst) for name, p in methods.items()}
+    reference_config = get_preset("default").audio
     rows = []
     for pair in pairs:
         content, style = synth.evaluation_pair(pair.name, seconds)
+        # Content and style are analysed once for every reference row.
+        anchors = quality.Anchors.of(content, style, reference_config)
         references = {"content": content, "mix": quality.plain_mix(content, style),
-                      "equalised": quality.equalised(content, style, get_preset("default").audio)}
+                      "equalised": quality.equalised(content, style, reference_config)}
         for name, output in references.items():
             rows.append({"pair": pair.name, "method": name,
-                         **quality.assess(output, content, style, get_preset("default").audio)})
+                         **quality.measure(output, anchors, reference_config)})
         for name, preset in methods.items():
             start = time.perf_counter()
             outcome = transfer_pair(content, style, preset, transfers[name])
