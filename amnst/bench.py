@@ -584,34 +584,47 @@ def _scalar(text: str) -> int | float | bool | str:
 
 
 def _quality_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per method: the mean of every measure, the worst pair on each target, and the targets met."""
+    """Per method: the mean of every measure, the worst pair on each target, on how
+    many pairs each target is met (``pairs_ok``), and whether all are met on every pair."""
     summary = {}
     mix = {row["pair"]: row for row in rows if row["method"] == "mix"}
     for method in dict.fromkeys(row["method"] for row in rows):
         mine = [row for row in rows if row["method"] == method]
         numeric = [k for k, v in mine[0].items() if isinstance(v, float)]
-        entry = {k: float(np.mean([row[k] for row in mine])) for k in numeric}
+        entry: dict[str, Any] = {k: float(np.mean([row[k] for row in mine])) for k in numeric}
         entry.update({f"worst_{k}": float(min(row[k] for row in mine)) for k in QUALITY_TARGETS})
-        entry["targets_met"] = all(
-            row["chroma_similarity"] >= QUALITY_TARGETS["chroma_similarity"]
-            and row["onset_correlation"] >= QUALITY_TARGETS["onset_correlation"]
-            and row["mfcc_progress"] >= QUALITY_TARGETS["mfcc_progress"]
-            and row["mfcc_progress"] > mix[row["pair"]]["mfcc_progress"]
-            and row["noise_ratio"] <= mix[row["pair"]]["noise_ratio"]
-            and row["peak"] < 1.0 and row.get("loss_end", 0) <= row.get("loss_start", 0)
-            for row in mine)
+        met = [_targets_met(row, mix[row["pair"]]) for row in mine]
+        entry["pairs_ok"] = {target: sum(m[target] for m in met) for target in met[0]}
+        entry["targets_met"] = all(all(m.values()) for m in met)
         summary[method] = entry
     return summary
 
 
+def _targets_met(row: dict[str, Any], mix: dict[str, Any]) -> dict[str, bool]:
+    """Which of the quality targets one pair's row meets, against that pair's plain mix."""
+    return {
+        "chroma": row["chroma_similarity"] >= QUALITY_TARGETS["chroma_similarity"],
+        "onset": row["onset_correlation"] >= QUALITY_TARGETS["onset_correlation"],
+        "mfcc": row["mfcc_progress"] >= QUALITY_TARGETS["mfcc_progress"]
+        and row["mfcc_progress"] > mix["mfcc_progress"],
+        "noise": row["noise_ratio"] <= mix["noise_ratio"],
+        "no clipping": row["peak"] < 1.0,
+        "loss falls": row.get("loss_end", 0) <= row.get("loss_start", 0),
+    }
+
+
 def quality_table(figures: dict[str, Any]) -> str:
-    """The summary as a plain-text table, one line per method."""
+    """The summary as a plain-text table, one line per method: means, then on how
+    many pairs each target is met."""
     columns = ("chroma_similarity", "onset_correlation", "mfcc_progress", "gram_progress",
                "noise_ratio", "spectral_convergence", "seconds")
-    lines = ["method".ljust(40) + "".join(c[:12].rjust(13) for c in columns) + "  targets"]
+    targets = list(next(iter(figures["summary"].values()))["pairs_ok"])
+    lines = ["method".ljust(40) + "".join(c[:12].rjust(13) for c in columns)
+             + "  pairs ok: " + ", ".join(targets)]
     for method, entry in figures["summary"].items():
         cells = "".join((f"{entry[c]:.3f}" if c in entry else "-").rjust(13) for c in columns)
-        lines.append(method[:40].ljust(40) + cells + ("  met" if entry["targets_met"] else "  -"))
+        ok = "/".join(str(entry["pairs_ok"][t]) for t in targets)
+        lines.append(method[:40].ljust(40) + cells + f"  {ok}" + ("  all met" if entry["targets_met"] else ""))
     return "\n".join(lines)
 
 

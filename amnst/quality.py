@@ -23,6 +23,9 @@ measure documents its formula, range and direction:
   > 0; 1 is as noisy as the content, higher is noisier.
 - ``peak``: the output's largest absolute sample; 1.0 or more is clipping.
 
+All but ``peak`` and ``spectral_convergence`` ignore the output's gain: the
+spectra they read are levelled first (:func:`power_spectrogram`).
+
 Reference rows put a transfer's measures in context: the content itself
 (what doing nothing scores) and a plain mix of content and style (what the
 cheapest move toward the style scores); a transfer has to beat the mix.
@@ -78,9 +81,20 @@ class Signature:
 
 
 def power_spectrogram(y: np.ndarray, config: AudioConfig) -> np.ndarray:
-    """``|STFT|^2`` of ``y``, ``(1 + n_fft // 2, frames)``: the one STFT chroma, MFCCs,
-    flatness and the Gram signature share (centred, Hann, as librosa's defaults)."""
-    return np.abs(librosa.stft(y, n_fft=config.n_fft, hop_length=config.hop_length, center=True)) ** 2
+    """``|STFT|^2`` of ``y``, ``(1 + n_fft // 2, frames)``, at unit mean power: the one
+    STFT chroma, MFCCs, flatness and the Gram signature share (centred, Hann, as
+    librosa's defaults).
+
+    Levelling makes the measures ignore gain: MFCCs are taken from decibels
+    relative to a fixed reference, so their first coefficient's mean is the
+    signal's level; the CNN is positively homogeneous, so Grams scale with the
+    square of it; flatness floors quiet bins at a fixed power. Unlevelled, the
+    content at half its level moved "0.2 of the way" to a quieter style:
+    playback level is not timbre. A silent signal stays all zeros.
+    """
+    power = np.abs(librosa.stft(y, n_fft=config.n_fft, hop_length=config.hop_length, center=True)) ** 2
+    level = float(np.mean(power))
+    return power / level if level > 0 else power
 
 
 def mfcc_statistics(power: np.ndarray, config: AudioConfig) -> np.ndarray:
@@ -109,7 +123,7 @@ def gram_signature(power: np.ndarray, config: AudioConfig) -> list[np.ndarray]:
 
 
 def timbre(y: np.ndarray, config: AudioConfig, power: np.ndarray | None = None) -> Timbre:
-    """``y``'s :class:`Timbre`; ``power`` is its power spectrogram, when already computed."""
+    """``y``'s :class:`Timbre`; ``power`` is its :func:`power_spectrogram`, when already computed."""
     power = power_spectrogram(y, config) if power is None else power
     return Timbre(mfcc_statistics(power, config), gram_signature(power, config))
 
@@ -231,9 +245,9 @@ def equalised(content: np.ndarray, style: np.ndarray, config: AudioConfig,
     """
     if smoothing_bins < 1:
         raise ValueError(f"smoothing_bins must be >= 1, got {smoothing_bins}")
-    spectrum = librosa.stft(content, n_fft=config.n_fft, hop_length=config.hop_length)
-    content_power = np.mean(np.abs(spectrum) ** 2, axis=1)
-    style_power = np.mean(power_spectrogram(style, config), axis=1)
+    spectrum, style_spectrum = (librosa.stft(y, n_fft=config.n_fft, hop_length=config.hop_length)
+                                for y in (content, style))
+    content_power, style_power = (np.mean(np.abs(s) ** 2, axis=1) for s in (spectrum, style_spectrum))
     # Floors relative to each spectrum's peak: a louder style is the same filter, louder.
     log_ratio = (np.log(style_power + SPECTRUM_FLOOR * style_power.max() + 1e-30)
                  - np.log(content_power + SPECTRUM_FLOOR * content_power.max() + 1e-30))

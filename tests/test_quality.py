@@ -38,6 +38,19 @@ def test_the_style_itself_is_all_the_way(pair):
     assert measures["chroma_similarity"] < 0.9
 
 
+def test_gain_is_not_timbre(pair):
+    # A quieter or louder copy of the content has moved nowhere toward the style;
+    # the mix keeps its progress at any playback level.
+    content, style = pair
+    for gain in (0.25, 2.0):
+        measures = quality.assess(gain * content, content, style, CONFIG)
+        assert measures["mfcc_progress"] == pytest.approx(0.0, abs=1e-6)
+        assert measures["gram_progress"] == pytest.approx(0.0, abs=1e-6)
+    mix = quality.plain_mix(content, style)
+    assert quality.assess(0.5 * mix, content, style, CONFIG) == pytest.approx(
+        {**quality.assess(mix, content, style, CONFIG), "peak": 0.5 * np.max(np.abs(mix))}, abs=1e-6)
+
+
 def test_directions(pair):
     content, style = pair
     mix = 0.7 * content + 0.3 * style
@@ -101,3 +114,22 @@ def test_compile_kernels_caches_the_kernel_that_crashed_racing_workers():
     quality.compile_kernels()
     cache = Path(librosa.__file__).parent / "core" / "__pycache__"
     assert any(path.name.startswith("pitch._pi_wrapper") for path in cache.glob("*.nbi"))
+
+
+def test_bench_summary_counts_each_target_against_the_pairs_own_mix():
+    from amnst import bench
+
+    def row(pair, method, chroma, onset, mfcc, noise, **extra):
+        return {"pair": pair, "method": method, "chroma_similarity": chroma, "onset_correlation": onset,
+                "mfcc_progress": mfcc, "noise_ratio": noise, "peak": 0.5, **extra}
+
+    rows = [row("a", "mix", 0.97, 0.79, 0.20, 5.0), row("b", "mix", 0.97, 0.90, 0.50, 1.0),
+            # Beats a's mix everywhere; on b its MFCC progress clears 0.3 but not the mix's.
+            row("a", "t", 0.96, 0.85, 0.35, 4.0, loss_start=2.0, loss_end=1.0),
+            row("b", "t", 0.94, 0.85, 0.40, 1.5, loss_start=2.0, loss_end=1.0)]
+    summary = bench._quality_summary(rows)
+    assert summary["t"]["pairs_ok"] == {"chroma": 1, "onset": 2, "mfcc": 1, "noise": 1,
+                                        "no clipping": 2, "loss falls": 2}
+    assert not summary["t"]["targets_met"]
+    assert summary["t"]["mfcc_progress"] == pytest.approx(0.375)
+    assert "1/2/1/1/2/2" in bench.quality_table({"summary": summary})
