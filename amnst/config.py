@@ -101,7 +101,7 @@ INITS = ("content", "style", "zero", "random")
 OPTIMIZERS = ("sgd", "adam")
 PARAMETERIZATIONS = ("linear", "log")
 CNN_INPUTS = ("mel", "log")
-GRAM_NORMS = ("none", "positions", "shape")
+GRAM_NORMS = ("none", "positions")
 INVERSIONS = ("librosa", "fast")
 
 
@@ -113,10 +113,6 @@ class NSTConfig:
     whole batch, which couples a pair's segments: they must be optimised as one
     batch. ``"positions"`` divides each segment's Gram by its number of
     positions, which makes every segment's loss independent of the others.
-    ``"shape"`` also divides it by its mean diagonal entry (the layer's mean
-    energy per channel), the style's Gram alike: on a positively homogeneous
-    CNN a Gram scales with the square of the input's level, so without this
-    the cheapest way to match a quieter style is to turn the target down.
     """
 
     content_layers: tuple[int, ...] = (0, 2)
@@ -141,7 +137,7 @@ class NSTConfig:
     # bands (``log(mel + LOG_INPUT_OFFSET)``, bands as channels, frames as
     # positions), matched like a layer's. The bands' levels and co-variation
     # are the timbre (what MFCCs summarise) that the CNN's 2x2 kernels see only
-    # piecewise. Needs per-segment Grams (``gram_norm`` other than "none").
+    # piecewise. Needs ``gram_norm="positions"``.
     spectral_style_weight: float = 0.0
     # Divide each layer's content loss by the content features' mean square
     # and each style loss by the style Gram's, so that weights are relative
@@ -179,8 +175,8 @@ class NSTConfig:
         _require(self.gram_norm in GRAM_NORMS, "gram_norm", self.gram_norm, f"must be one of {GRAM_NORMS}")
         _require(self.spectral_style_weight >= 0, "spectral_style_weight", self.spectral_style_weight,
                  "must be >= 0")
-        _require(not self.spectral_style_weight or not self.couples_segments, "spectral_style_weight",
-                 self.spectral_style_weight, 'needs gram_norm="positions" or "shape"')
+        _require(not self.spectral_style_weight or self.gram_norm == "positions", "spectral_style_weight",
+                 self.spectral_style_weight, 'needs gram_norm="positions"')
         _require(self.rollback_steps >= 1, "rollback_steps", self.rollback_steps, "must be >= 1")
         _require(self.max_retries >= 0, "max_retries", self.max_retries, "must be >= 0")
         _require(self.inversion in INVERSIONS, "inversion", self.inversion, f"must be one of {INVERSIONS}")

@@ -14,9 +14,6 @@ Two Gram conventions (``NSTConfig.gram_norm``):
   the mean over style segments, and the style loss is the mean squared
   difference of the ``C x C`` entries. Every segment's loss depends on that
   segment alone, so any batching gives the same result.
-- ``"shape"``: as ``"positions"``, each Gram (the style's too) then divided
-  by its mean diagonal entry, so that the style loss sees the features'
-  correlations and relative energies, not their level.
 
 Content loss per layer is the mean squared feature difference,
 ``sum((Fc - Ft)^2) / (B*H*W*C)``.
@@ -130,8 +127,10 @@ class StyleTransfer:
                 flat = tf.reshape(f, [-1, f.shape[-1]])
                 sums[k] = sums[k] + tf.matmul(flat, flat, transpose_a=True)
                 positions[k] += int(f.shape[0] * f.shape[1] * f.shape[2])
-        grams = sums if self.config.couples_segments else [_level_free(s / n, self.config) for s, n in
-                                                            zip(sums, positions)]
+        if self.config.gram_norm == "positions":
+            grams = [s / n for s, n in zip(sums, positions)]
+        else:
+            grams = sums
         return StyleTargets(tuple(np.asarray(g, np.float32) for g in grams),
                             np.asarray(style_segments, np.float32))
 
@@ -195,8 +194,7 @@ class StyleTransfer:
                 scale = weight / float(c * c)
                 if cfg.relative_loss:
                     scale /= tf.reduce_mean(tf.square(gram)) + RELATIVE_FLOOR
-                error = scale * tf.reduce_sum(tf.square(_level_free(per_segment / positions, cfg) - gram),
-                                              axis=[1, 2])
+                error = scale * tf.reduce_sum(tf.square(per_segment / positions - gram), axis=[1, 2])
                 objective += tf.reduce_sum(error)
                 style_loss += error
         if cfg.couples_segments:
@@ -408,15 +406,6 @@ def _weighted_squared_error(features: tf.Tensor, target: tf.Tensor, scale: tf.Te
         return per_segment, grad
 
     return error(features)
-
-
-def _level_free(grams: tf.Tensor, config: NSTConfig) -> tf.Tensor:
-    """``(..., C, C)`` position-normalised Grams, divided by their mean diagonal
-    entry under ``gram_norm="shape"`` (see ``NSTConfig``), else as they are."""
-    if config.gram_norm != "shape":
-        return grams
-    energy = tf.reduce_mean(tf.linalg.diag_part(grams), axis=-1)[..., None, None]
-    return grams / (energy + RELATIVE_FLOOR)
 
 
 def _fit_frames(segments: np.ndarray, frames: int) -> np.ndarray:
