@@ -7,6 +7,7 @@ same machine, so figures from different machines can be compared as ratios.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import platform
 import time
@@ -573,6 +574,69 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
             "rows": rows, "summary": _quality_summary(rows)}
 
 
+# The direct moves bench frontier tries: equalising strengths, and texture
+# levels in units of the plain mix's style level.
+FRONTIER_STRENGTHS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+FRONTIER_TEXTURE_GAINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+def bench_frontier(quick: bool = False, seconds: float = 10.0) -> dict[str, Any]:
+    """Whether the quality targets can be met together on each evaluation pair by
+    the direct moves toward the style, with no CNN: the content equalised toward the
+    style's spectrum (``quality.equalised`` at each of ``FRONTIER_STRENGTHS``) plus a
+    texture, the style itself or its ``quality.stationary_texture``, at each of
+    ``FRONTIER_TEXTURE_GAINS`` times the plain mix's style level. Gain 1 of the style
+    at strength 0 is the plain mix itself.
+
+    Per pair: the best MFCC progress among moves that keep chroma, onsets and noise
+    on target, and how many moves meet every target.
+    """
+    from amnst import quality
+
+    pairs = synth.EVALUATION_PAIRS[:3] if quick else synth.EVALUATION_PAIRS
+    strengths, gains = ((0.0, 1.0), (0.0, 1.0)) if quick else (FRONTIER_STRENGTHS, FRONTIER_TEXTURE_GAINS)
+    config = get_preset("default").audio
+    rows = []
+    for pair in pairs:
+        content, style = synth.evaluation_pair(pair.name, seconds)
+        anchors = quality.Anchors.of(content, style, config)
+        mix = quality.measure(quality.plain_mix(content, style), anchors, config)
+        textures = {"style": np.resize(style, content.shape),
+                    "stationary": quality.stationary_texture(style, len(content), config)}
+        moves = []
+        for strength in strengths:
+            equalised = quality.equalised(content, style, config, strength=strength)
+            for (texture, y), gain in itertools.product(textures.items(), gains):
+                if gain == 0 and texture != "style":
+                    continue  # no texture at all: one move, not one per texture
+                output = quality.without_clipping(quality.MIX_CONTENT_GAIN * equalised
+                                                  + gain * (1 - quality.MIX_CONTENT_GAIN) * y)
+                measures = quality.measure(output, anchors, config)
+                moves.append({"strength": strength, "texture": texture, "gain": gain, **measures,
+                              "met": _targets_met(measures, mix)})
+        keeping = [m for m in moves if m["met"]["chroma"] and m["met"]["onset"] and m["met"]["noise"]]
+        best = max(keeping, key=lambda m: m["mfcc_progress"], default=None)
+        rows.append({"pair": pair.name, "mix_mfcc_progress": mix["mfcc_progress"], "moves": len(moves),
+                     "moves_meeting_all": sum(all(m["met"].values()) for m in moves),
+                     "best_keeping": None if best is None else {k: v for k, v in best.items() if k != "met"}})
+    return {"benchmark": "frontier", "machine": machine(), "seconds_per_pair": seconds, "rows": rows,
+            "pairs_with_a_move_meeting_all": sum(row["moves_meeting_all"] > 0 for row in rows)}
+
+
+def frontier_table(figures: dict[str, Any]) -> str:
+    """One line per pair: the mix's MFCC progress, the best move keeping the other targets, moves meeting all."""
+    lines = [f"{'pair':24}{'mix MFCC':>10}{'best MFCC keeping chroma, onset, noise':>40}  moves meeting all"]
+    for row in figures["rows"]:
+        best = row["best_keeping"]
+        move = "-" if best is None else (f"{best['mfcc_progress']:.3f} (strength {best['strength']:g}, "
+                                         f"{best['texture']} x{best['gain']:g})")
+        lines.append(f"{row['pair']:24}{row['mix_mfcc_progress']:>10.3f}{move:>40}  "
+                     f"{row['moves_meeting_all']} of {row['moves']}")
+    lines.append(f"pairs where some move meets every target: {figures['pairs_with_a_move_meeting_all']} "
+                 f"of {len(figures['rows'])}")
+    return "\n".join(lines)
+
+
 def _scalar(text: str) -> int | float | bool | str:
     """A variant's value: an int, a float, a bool, else the text itself."""
     for parse in (int, float):
@@ -705,5 +769,5 @@ def bench_reliability(quick: bool = False) -> dict[str, Any]:
 
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "nst": bench_nst, "invert": bench_invert, "pipeline": bench_pipeline, "e2e": bench_e2e,
-    "capacity": bench_capacity, "quality": bench_quality, "train": bench_train,
+    "capacity": bench_capacity, "quality": bench_quality, "frontier": bench_frontier, "train": bench_train,
     "reliability": bench_reliability}

@@ -233,18 +233,21 @@ def plain_mix(content: np.ndarray, style: np.ndarray) -> np.ndarray:
 
 
 def equalised(content: np.ndarray, style: np.ndarray, config: AudioConfig,
-              smoothing_bins: int = 9) -> np.ndarray:
+              smoothing_bins: int = 9, strength: float = 1.0) -> np.ndarray:
     """The content filtered to the style's long-term spectrum: a reference for the
     cheapest move toward the style's timbre that keeps the content's notes and timing.
 
-    Every STFT bin of the content is scaled by ``sqrt(P_style / P_content)``, the
-    two signals' power spectra averaged over time, the ratio's logarithm smoothed
-    over ``smoothing_bins`` neighbouring bins (a spectral envelope, not single
-    partials). The result is scaled down only where it would clip. Same length
-    as ``content``.
+    Every STFT bin of the content is scaled by ``(P_style / P_content) **
+    (strength / 2)``, the two signals' power spectra averaged over time, the
+    ratio's logarithm smoothed over ``smoothing_bins`` neighbouring bins (a
+    spectral envelope, not single partials): ``strength`` 1 reaches the style's
+    spectrum, 0 leaves the content as it is. The result is scaled down only
+    where it would clip. Same length as ``content``.
     """
     if smoothing_bins < 1:
         raise ValueError(f"smoothing_bins must be >= 1, got {smoothing_bins}")
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
     spectrum, style_spectrum = (librosa.stft(y, n_fft=config.n_fft, hop_length=config.hop_length)
                                 for y in (content, style))
     content_power, style_power = (np.mean(np.abs(s) ** 2, axis=1) for s in (spectrum, style_spectrum))
@@ -253,8 +256,24 @@ def equalised(content: np.ndarray, style: np.ndarray, config: AudioConfig,
                  - np.log(content_power + SPECTRUM_FLOOR * content_power.max() + 1e-30))
     padded = np.pad(log_ratio, (smoothing_bins // 2, (smoothing_bins - 1) // 2), mode="edge")
     log_ratio = np.convolve(padded, np.ones(smoothing_bins) / smoothing_bins, mode="valid")
-    y = librosa.istft(spectrum * np.exp(log_ratio / 2)[:, None], hop_length=config.hop_length,
+    y = librosa.istft(spectrum * np.exp(strength * log_ratio / 2)[:, None], hop_length=config.hop_length,
                       length=len(content))
+    return without_clipping(y)
+
+
+def stationary_texture(style: np.ndarray, n_samples: int, config: AudioConfig, seed: int = 0) -> np.ndarray:
+    """Noise with the style's long-term power spectrum and no change over time,
+    ``(n_samples,)``: the smoothest texture of the style's colour, which adds no
+    onsets of its own. Random STFT phases, seeded."""
+    power = np.mean(np.abs(librosa.stft(style, n_fft=config.n_fft, hop_length=config.hop_length)) ** 2, axis=1)
+    frames = 1 + n_samples // config.hop_length
+    phases = np.random.default_rng(seed).uniform(0.0, 2 * np.pi, (len(power), frames))
+    return librosa.istft(np.sqrt(power)[:, None] * np.exp(1j * phases), hop_length=config.hop_length,
+                         length=n_samples)
+
+
+def without_clipping(y: np.ndarray) -> np.ndarray:
+    """``y`` scaled down to a peak of ``CLIP_HEADROOM`` where it would clip, else as it is."""
     return y / max(1.0, float(np.max(np.abs(y))) / CLIP_HEADROOM)
 
 

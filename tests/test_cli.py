@@ -101,7 +101,7 @@ def test_bad_output_name_and_missing_weights(inputs, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", [[], ["transfer"], ["run"], ["assess"], ["demo"], ["weights"], ["weights", "import"],
                                      ["bench"], ["bench", "nst"], ["bench", "invert"], ["bench", "pipeline"], ["bench", "quality"],
-                                     ["bench", "e2e"], ["bench", "capacity"], ["report"]])
+                                     ["bench", "frontier"], ["bench", "e2e"], ["bench", "capacity"], ["report"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([*command, "--help"])

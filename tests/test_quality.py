@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import librosa
 import numpy as np
 import pytest
 
@@ -102,6 +103,31 @@ def test_equalising_reaches_the_styles_spectrum_and_never_clips(pair):
     assert np.max(np.abs(louder)) == pytest.approx(quality.CLIP_HEADROOM)
     with pytest.raises(ValueError, match="smoothing_bins"):
         quality.equalised(content, content, CONFIG, smoothing_bins=0)
+
+
+def test_equalising_strength_goes_from_the_content_to_the_styles_spectrum(pair):
+    content, style = pair
+    np.testing.assert_allclose(quality.equalised(content, style, CONFIG, strength=0.0), content, atol=1e-4)
+    spectrum = lambda y: np.mean(np.abs(librosa.stft(y, n_fft=CONFIG.n_fft, hop_length=CONFIG.hop_length)) ** 2, 1)
+    distances = [np.mean(np.abs(np.log(spectrum(quality.equalised(content, 0.1 * content, CONFIG, strength=s)))
+                                - np.log(spectrum(0.1 * content)))) for s in (0.0, 0.5, 1.0)]
+    assert distances[0] > distances[1] > distances[2]
+    with pytest.raises(ValueError, match="strength"):
+        quality.equalised(content, style, CONFIG, strength=1.5)
+
+
+def test_a_stationary_texture_has_the_styles_colour_and_no_onsets_of_its_own(pair):
+    _, style = pair
+    texture = quality.stationary_texture(style, 50_000, CONFIG, seed=3)
+    assert texture.shape == (50_000,)
+    np.testing.assert_array_equal(texture, quality.stationary_texture(style, 50_000, CONFIG, seed=3))
+    power = lambda y: np.abs(librosa.stft(y, n_fft=CONFIG.n_fft, hop_length=CONFIG.hop_length)) ** 2
+    bands = lambda p: np.add.reduceat(p, np.arange(0, p.shape[0], 32), axis=0)  # 16 coarse bands
+    colour = lambda y: bands(power(y)).mean(axis=1) / bands(power(y)).mean(axis=1).sum()
+    np.testing.assert_allclose(colour(texture), colour(style), rtol=0.25, atol=1e-4)
+    # Rain's clicks make its band levels swing from frame to frame; the texture's hold still.
+    swing = lambda y: np.median(np.std(np.log(bands(power(y))[:, 4:-4] + 1e-12), axis=1))
+    assert swing(texture) < 0.5 * swing(style)
 
 
 def test_compile_kernels_caches_the_kernel_that_crashed_racing_workers():
