@@ -19,7 +19,7 @@ driver died before the end; resuming relies on that. ``_COMMITTED`` is written
 last, after the run's row: it marks the runs whose metadata is complete.
 
 Schemas evolve additively: a new column is appended, nullable, and
-``SCHEMA_VERSION`` goes up. :func:`read_table` reads every file with the
+``SCHEMA_VERSION`` goes up; it goes up too when a column's meaning changes. :func:`read_table` reads every file with the
 current schema, so older files return nulls for the columns they lack.
 """
 
@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from amnst import storage
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # The output's quality measures in a pair row, as amnst.quality.assess names them.
 QUALITY_COLUMNS = ("chroma_similarity", "onset_correlation", "mfcc_distance", "mfcc_progress",
                    "gram_distance", "gram_progress", "spectral_convergence", "noise_ratio", "peak")
@@ -111,6 +111,9 @@ PAIRS_SCHEMA = _schema(
     ("loss_curve", pa.list_(pa.float64())),
     ("reference_content", _QUALITY_STRUCT),
     ("reference_mix", _QUALITY_STRUCT),
+    # Schema version 4: no new column. The quality measures are taken on levelled
+    # spectra (amnst.quality.power_spectrogram), so that gain is not scored: rows of
+    # earlier versions hold unlevelled mfcc_*, gram_* and noise_ratio values.
 )
 
 SEGMENTS_SCHEMA = _schema(
