@@ -556,20 +556,22 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
     rows = []
     for pair in pairs:
         content, style = synth.evaluation_pair(pair.name, seconds)
-        # Content and style are analysed once for every reference row.
-        anchors = quality.Anchors.of(content, style, reference_config)
+        # Content and style are analysed once per pair for every output measured with the
+        # same audio configuration (the Gram signature segments as the preset does).
+        anchors = {config: quality.Anchors.of(content, style, config)
+                   for config in {reference_config, *(p.audio for p in methods.values())}}
         references = {"content": content, "mix": quality.plain_mix(content, style),
                       "equalised": quality.equalised(content, style, reference_config)}
         for name, output in references.items():
             rows.append({"pair": pair.name, "method": name,
-                         **quality.measure(output, anchors, reference_config)})
+                         **quality.measure(output, anchors[reference_config], reference_config)})
         for name, preset in methods.items():
             start = time.perf_counter()
             outcome = transfer_pair(content, style, preset, transfers[name])
             rows.append({"pair": pair.name, "method": name, "seconds": time.perf_counter() - start,
                          "loss_start": float(outcome.result.loss[0].mean()),
                          "loss_end": float(outcome.result.loss[-1].mean()),
-                         **quality.assess(outcome.audio, content, style, preset.audio, outcome.mel)})
+                         **quality.measure(outcome.audio, anchors[preset.audio], preset.audio, outcome.mel)})
     return {"benchmark": "quality", "machine": machine(), "seconds_per_pair": seconds, "weights": weights,
             "rows": rows, "summary": _quality_summary(rows)}
 
@@ -609,8 +611,8 @@ def bench_frontier(quick: bool = False, seconds: float = 10.0) -> dict[str, Any]
             for (texture, y), gain in itertools.product(textures.items(), gains):
                 if gain == 0 and texture != "style":
                     continue  # no texture at all: one move, not one per texture
-                output = quality.without_clipping(quality.MIX_CONTENT_GAIN * equalised
-                                                  + gain * (1 - quality.MIX_CONTENT_GAIN) * y)
+                output = audio.prevent_clipping(quality.MIX_CONTENT_GAIN * equalised
+                                                + gain * (1 - quality.MIX_CONTENT_GAIN) * y, quality.CLIP_HEADROOM)
                 measures = quality.measure(output, anchors, config)
                 moves.append({"strength": strength, "texture": texture, "gain": gain, **measures,
                               "met": _targets_met(measures, mix)})

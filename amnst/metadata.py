@@ -19,8 +19,9 @@ driver died before the end; resuming relies on that. ``_COMMITTED`` is written
 last, after the run's row: it marks the runs whose metadata is complete.
 
 Schemas evolve additively: a new column is appended, nullable, and
-``SCHEMA_VERSION`` goes up; it goes up too when a column's meaning changes. :func:`read_table` reads every file with the
-current schema, so older files return nulls for the columns they lack.
+``SCHEMA_VERSION`` goes up; it goes up too when a column's meaning changes.
+:func:`read_table` reads every file with the current schema, so older files
+return nulls for the columns they lack.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ from typing import Any
 import librosa
 import numpy as np
 
+from amnst import audio
 from amnst.config import AudioConfig
 
 INDEPENDENT_NETWORK_SEED = 2016
@@ -50,7 +51,8 @@ GRAM_LAYERS = (4, 8, 12, 16)
 N_MFCC = 20
 # The plain mix reference: this much content, the rest style (amnst bench quality's too).
 MIX_CONTENT_GAIN = 0.7
-# The equalised reference's largest sample, where it would otherwise clip.
+# The largest sample of a reference made here (the equalised content, bench
+# frontier's moves), where it would otherwise clip.
 CLIP_HEADROOM = 0.99
 # Bins this far below a spectrum's peak (-100 dB) count as that level, not as -inf.
 SPECTRUM_FLOOR = 1e-10
@@ -107,8 +109,6 @@ def mfcc_statistics(power: np.ndarray, config: AudioConfig) -> np.ndarray:
 def gram_signature(power: np.ndarray, config: AudioConfig) -> list[np.ndarray]:
     """Position-normalised Gram matrices of the magnitude mel of a power spectrogram at
     ``GRAM_LAYERS`` of the independent random network, pooled over all segments."""
-    from amnst import audio
-
     magnitude = dataclasses.replace(config, mel_power=1.0)
     mel = (audio.mel_basis(magnitude) @ np.sqrt(power)).astype(np.float32)
     segments = audio.segment(mel, magnitude)
@@ -248,9 +248,8 @@ def equalised(content: np.ndarray, style: np.ndarray, config: AudioConfig,
         raise ValueError(f"smoothing_bins must be >= 1, got {smoothing_bins}")
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
-    spectrum, style_spectrum = (librosa.stft(y, n_fft=config.n_fft, hop_length=config.hop_length)
-                                for y in (content, style))
-    content_power, style_power = (np.mean(np.abs(s) ** 2, axis=1) for s in (spectrum, style_spectrum))
+    spectrum = librosa.stft(content, n_fft=config.n_fft, hop_length=config.hop_length)
+    content_power, style_power = np.mean(np.abs(spectrum) ** 2, axis=1), long_term_power(style, config)
     # Floors relative to each spectrum's peak: a louder style is the same filter, louder.
     log_ratio = (np.log(style_power + SPECTRUM_FLOOR * style_power.max() + 1e-30)
                  - np.log(content_power + SPECTRUM_FLOOR * content_power.max() + 1e-30))
@@ -258,23 +257,24 @@ def equalised(content: np.ndarray, style: np.ndarray, config: AudioConfig,
     log_ratio = np.convolve(padded, np.ones(smoothing_bins) / smoothing_bins, mode="valid")
     y = librosa.istft(spectrum * np.exp(strength * log_ratio / 2)[:, None], hop_length=config.hop_length,
                       length=len(content))
-    return without_clipping(y)
+    return audio.prevent_clipping(y, CLIP_HEADROOM)
 
 
 def stationary_texture(style: np.ndarray, n_samples: int, config: AudioConfig, seed: int = 0) -> np.ndarray:
     """Noise with the style's long-term power spectrum and no change over time,
     ``(n_samples,)``: the smoothest texture of the style's colour, which adds no
     onsets of its own. Random STFT phases, seeded."""
-    power = np.mean(np.abs(librosa.stft(style, n_fft=config.n_fft, hop_length=config.hop_length)) ** 2, axis=1)
+    power = long_term_power(style, config)
     frames = 1 + n_samples // config.hop_length
     phases = np.random.default_rng(seed).uniform(0.0, 2 * np.pi, (len(power), frames))
     return librosa.istft(np.sqrt(power)[:, None] * np.exp(1j * phases), hop_length=config.hop_length,
                          length=n_samples)
 
 
-def without_clipping(y: np.ndarray) -> np.ndarray:
-    """``y`` scaled down to a peak of ``CLIP_HEADROOM`` where it would clip, else as it is."""
-    return y / max(1.0, float(np.max(np.abs(y))) / CLIP_HEADROOM)
+def long_term_power(y: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """``y``'s STFT power averaged over time, ``(1 + n_fft // 2,)``, at ``y``'s own level
+    (unlike :func:`power_spectrogram`): the colour the references move toward."""
+    return np.mean(np.abs(librosa.stft(y, n_fft=config.n_fft, hop_length=config.hop_length)) ** 2, axis=1)
 
 
 def assess_with_references(output: np.ndarray, content: np.ndarray, style: np.ndarray,
