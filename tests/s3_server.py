@@ -7,6 +7,7 @@ boto3 is patched in-process.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -24,9 +25,41 @@ BUCKET = "amnst-test"
 STARTUP_SECONDS = 20.0
 
 
+# Ports handed out by this process, so two servers about to start never get the same one.
+_HANDED_OUT: set[int] = set()
+# Ray takes its worker ports from 10002-19999 and its other ports from the ephemeral range.
+_FIRST_PORT = 20000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A loopback TCP port that nothing listens on right now."""
-    with socket.socket() as probe:
+    """A loopback TCP port that nothing listens on right now, below the ephemeral range.
+
+    A port from ``bind(0)`` is an ephemeral one, which any outgoing connection (a
+    Ray cluster opens hundreds) may take as its local port before the server it
+    was meant for binds it: Ray's dashboard once failed to start that way.
+    """
+    low, _ = _ephemeral_range()
+    candidates = list(range(_FIRST_PORT, low)) if low > _FIRST_PORT + 1000 else []
+    random.SystemRandom().shuffle(candidates)
+    for port in candidates[:200]:
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as probe:  # no room below the ephemeral range: take the kernel's choice
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
