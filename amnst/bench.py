@@ -339,9 +339,9 @@ def bench_e2e(quick: bool = False, seconds: tuple[float, ...] = E2E_SECONDS,
     optimise tasks run as the runner runs them, as its one-CPU Ray tasks on a
     local instance of N CPUs, side by side, each worker's pools sized to its
     CPU. Seconds are wall-clock seconds of the machine. Pairs of one segment
-    and of half a segment warm every compiled function (every worker's) first:
-    two segment widths, so that the step is traced for any fitted width
-    before anything is timed. ``quick``: 2 iterations, pairs of 4 and 8 s.
+    and of half a segment warm every compiled function (every worker's) first,
+    the inversion's at two lengths, before anything is timed. ``quick``: 2
+    iterations, pairs of 4 and 8 s.
     The spread is the costliest length's cost per audio second over the
     cheapest's, minus one.
     """

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -92,8 +93,8 @@ class StyleTransfer:
         wanted.setdefault(config.content_input, set()).update(config.content_layers)
         wanted.setdefault(config.style_input, set()).update(config.style_layers)
         self._stacks = {name: FeatureStack(model, tuple(sorted(layers))) for name, layers in wanted.items()}
-        self._step = tf.function(self.step_graph, reduce_retracing=True, jit_compile=jit_compile)
-        self._losses = tf.function(self._losses_graph, reduce_retracing=True)
+        self._step = _TracedForAnyBatchAndWidth(self.step_graph, jit_compile=jit_compile)
+        self._losses = _TracedForAnyBatchAndWidth(self._losses_graph)
 
     # --- features -----------------------------------------------------------
 
@@ -415,6 +416,42 @@ def _fit_frames(segments: np.ndarray, frames: int) -> np.ndarray:
     return np.tile(segments, (1, 1, repeats))[:, :, :frames]
 
 
+class _TracedForAnyBatchAndWidth:
+    """``fn(state_or_target, content, grams, ...)`` as a ``tf.function`` traced once, at
+    its first call, for any number of segments and any segment width.
+
+    Traced for its first call's shapes instead, as TensorFlow does until it has
+    seen two, a step computed other floats than the trace for any width (2e-4 of
+    the mel's norm after 10 iterations), so a segment's result depended on what
+    its worker had run before; and each new width or batch size cost a trace.
+    """
+
+    BATCHED_ARGUMENTS = 2  # the target (or optimiser state) and the content targets
+
+    def __init__(self, fn: Callable[..., Any], **options: Any) -> None:
+        self._function = tf.function(fn, **options)
+        self._traced = False
+
+    def __call__(self, *args: Any) -> Any:
+        if not self._traced:
+            batched, rest = args[:self.BATCHED_ARGUMENTS], args[self.BATCHED_ARGUMENTS:]
+            specs = (*tf.nest.map_structure(_any_batch_and_width, batched),
+                     *tf.nest.map_structure(tf.TensorSpec.from_tensor, rest))
+            self._function.get_concrete_function(*specs)
+            self._traced = True
+        return self._function(*args)
+
+    def tracing_count(self) -> int:
+        return self._function.experimental_get_tracing_count()
+
+
+def _any_batch_and_width(tensor: tf.Tensor) -> tf.TensorSpec:
+    """The spec of a tensor of segments, ``(B,)``, ``(B, n_mels, frames)`` or
+    ``(B, h, w, C)``, with its batch (axis 0) and time (axis 2) sizes left open."""
+    shape = [None if axis in (0, 2) else size for axis, size in enumerate(tensor.shape)]
+    return tf.TensorSpec(shape, tensor.dtype)
+
+
 def _select(mask: tf.Tensor, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """Per segment: ``a`` where ``mask`` (shape ``(B,)``) holds, else ``b``."""
     shape = tf.concat([tf.shape(mask), tf.ones([tf.rank(a) - 1], tf.int32)], axis=0)
@@ -426,3 +463,6 @@ def _check_segments(segments: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} must be a non-empty (B, n_mels, frames) array, got {segments.shape}")
     if not np.all(np.isfinite(segments)):
         raise ValueError(f"{name} hold non-finite values")
+
+
+
