@@ -326,7 +326,7 @@ E2E_GPU_STAGES = ("style", "optimise")
 
 
 def bench_e2e(quick: bool = False, seconds: tuple[float, ...] = E2E_SECONDS,
-              segments_per_task: int | None = None, workers: int = 0) -> dict[str, Any]:
+              segments_per_task: int | None = None, workers: int = 0, rounds: int = 1) -> dict[str, Any]:
     """Seconds of compute per second of audio, stage by stage, for pairs of each length.
 
     One pair per length (``E2E_PAIR`` synthesized, as wav files in a
@@ -342,9 +342,15 @@ def bench_e2e(quick: bool = False, seconds: tuple[float, ...] = E2E_SECONDS,
     and of half a segment warm every compiled function (every worker's) first,
     the inversion's at two lengths, before anything is timed. ``quick``: 2
     iterations, pairs of 4 and 8 s.
+    ``rounds``: time every length that many times, the lengths taken in turn
+    within each round, and report for each length its round of median total
+    (the lower of the two middle ones for an even count), with every round's
+    total beside it.
     The spread is the costliest length's cost per audio second over the
     cheapest's, minus one.
     """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     import tempfile
 
     from amnst.pipeline import Weights
@@ -358,12 +364,16 @@ def bench_e2e(quick: bool = False, seconds: tuple[float, ...] = E2E_SECONDS,
     with tempfile.TemporaryDirectory() as folder, _optimise_runner(workers, preset, weights) as optimise:
         for warm_up in (preset.audio.segment_seconds, preset.audio.segment_seconds / 2):
             _e2e_pair(Path(folder), warm_up, preset, weights, width, optimise, copies=max(1, workers))
-        rows = [_e2e_pair(Path(folder), s, preset, weights, width, optimise) for s in seconds]
+        # Lengths in turn, round after round: a drift in this shared machine's
+        # speed then falls on every length alike instead of on one.
+        timed_rounds = [[_e2e_pair(Path(folder), s, preset, weights, width, optimise) for s in seconds]
+                        for _ in range(rounds)]
+    rows = [_median_round(list(length_rows)) for length_rows in zip(*timed_rounds)]
     costs = [row["total_per_audio_second"] for row in rows]
     per_segment = [row["seconds"]["optimise"] / row["segments"] for row in rows]
     return {
         "benchmark": "e2e", "machine": machine(), "preset": preset.name, "iterations": preset.nst.iterations,
-        "segments_per_task": width, "workers": workers, "target_per_audio_second": E2E_TARGET,
+        "segments_per_task": width, "workers": workers, "rounds": rounds, "target_per_audio_second": E2E_TARGET,
         "spread_target": E2E_SPREAD_TARGET, "pairs": rows,
         "within_target": [cost <= E2E_TARGET for cost in costs],
         "spread": max(costs) / min(costs) - 1,
@@ -413,7 +423,18 @@ def e2e_table(figures: dict[str, Any]) -> str:
                      + f" | {figures['spread_by_stage'][stage]:+.0%} |")
     lines.append("| **total** | " + " | ".join(f"**{r['total_per_audio_second']:.3f}**" for r in rows)
                  + f" | **{figures['spread']:+.0%}** |")
+    if figures.get("rounds", 1) > 1:
+        lines.append(f"| total in each of {figures['rounds']} rounds (median above) | " + " | ".join(
+            ", ".join(f"{cost:.3f}" for cost in r["round_totals_per_audio_second"]) for r in rows) + " | |")
     return "\n".join(lines)
+
+
+def _median_round(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of one length's timed rounds, the one of median total cost, with every
+    round's total (``round_totals_per_audio_second``, in round order)."""
+    ranked = sorted(rows, key=lambda row: row["total_per_audio_second"])
+    return {**ranked[(len(ranked) - 1) // 2],
+            "round_totals_per_audio_second": [row["total_per_audio_second"] for row in rows]}
 
 
 def _spread(values: list[float]) -> float:

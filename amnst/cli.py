@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--workers", type=int, default=0,
                      help="run the optimise tasks as amnst run does, as one-CPU Ray tasks on a local instance "
                           "of this many CPUs (default 0: in this process)")
+    e2e.add_argument("--rounds", type=_positive_int, default=1,
+                     help="time every length this many times, lengths in turn, and report each length's "
+                          "median round (default 1)")
     capacity = _add_bench_parser(
         bench_commands, "capacity", "GPU workers and budgets for a nightly batch, from measured CPU costs",
         "without --e2e: a quick e2e (smoke test)",
@@ -477,7 +480,8 @@ def command_bench(args: argparse.Namespace) -> int:
     elif args.benchmark == "frontier":
         options = dict(seconds=args.seconds)
     elif args.benchmark == "e2e":
-        options = dict(seconds=tuple(args.seconds), segments_per_task=args.segments_per_task, workers=args.workers)
+        options = dict(seconds=tuple(args.seconds), segments_per_task=args.segments_per_task, workers=args.workers,
+                       rounds=args.rounds)
     elif args.benchmark == "capacity":
         options = dict(e2e=args.e2e, pairs=args.pairs, pair_seconds=args.pair_seconds,
                        window_hours=args.window_hours, gpu=args.gpu)
