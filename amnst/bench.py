@@ -27,7 +27,7 @@ from amnst.model import build_model, feature_extractor
 from amnst.nst import StyleTransfer
 
 if TYPE_CHECKING:
-    from amnst.pipeline import Weights
+    from amnst.pipeline import PairJob, Weights
 
 NST_BATCH = 5
 
@@ -363,11 +363,11 @@ def bench_e2e(quick: bool = False, seconds: tuple[float, ...] = E2E_SECONDS,
     weights = Weights.locate(None, preset.nst.seed)
     with tempfile.TemporaryDirectory() as folder, _optimise_runner(workers, preset, weights) as optimise:
         for warm_up in (preset.audio.segment_seconds, preset.audio.segment_seconds / 2):
-            _e2e_pair(Path(folder), warm_up, preset, weights, width, optimise, copies=max(1, workers))
+            _e2e_pair(_e2e_job(Path(folder), warm_up, preset), weights, width, optimise, copies=max(1, workers))
+        jobs = [_e2e_job(Path(folder), s, preset) for s in seconds]
         # Lengths in turn, round after round: a drift in this shared machine's
         # speed then falls on every length alike instead of on one.
-        timed_rounds = [[_e2e_pair(Path(folder), s, preset, weights, width, optimise) for s in seconds]
-                        for _ in range(rounds)]
+        timed_rounds = [[_e2e_pair(job, weights, width, optimise) for job in jobs] for _ in range(rounds)]
     rows = [_median_round(list(length_rows)) for length_rows in zip(*timed_rounds)]
     costs = [row["total_per_audio_second"] for row in rows]
     per_segment = [row["seconds"]["optimise"] / row["segments"] for row in rows]
@@ -442,12 +442,10 @@ def _spread(values: list[float]) -> float:
     return max(values) / min(values) - 1
 
 
-def _e2e_pair(folder: Path, seconds: float, preset: Preset, weights: Weights, width: int,
-              optimise: OptimiseTasks, copies: int = 1) -> dict[str, Any]:
-    """One pair of ``seconds`` through the runner's stages in ``folder``; its stage
-    seconds and traffic. ``copies``: optimise every task that many times over
-    (side by side on Ray), to warm that many workers."""
-    from amnst.pipeline import PairJob, analyse_pair, render_pair, style_targets_for, timed
+def _e2e_job(folder: Path, seconds: float, preset: Preset) -> PairJob:
+    """The pair of ``seconds`` synthesized and written to ``folder`` as wav
+    files, as a job of ``preset`` whose output goes there too."""
+    from amnst.pipeline import PairJob
 
     content, style = synth.evaluation_pair(E2E_PAIR, seconds)
     uris = []
@@ -455,7 +453,17 @@ def _e2e_pair(folder: Path, seconds: float, preset: Preset, weights: Weights, wi
         path = folder / f"{name}-{seconds:g}s.wav"
         path.write_bytes(audio.encode(y, preset.audio.sample_rate, "wav"))
         uris.append(str(path))
-    job = PairJob(f"e2e-{seconds:g}s", 0, uris[0], uris[1], preset, str(folder / f"out-{seconds:g}s.wav"))
+    return PairJob(f"e2e-{seconds:g}s", 0, uris[0], uris[1], preset, str(folder / f"out-{seconds:g}s.wav"))
+
+
+def _e2e_pair(job: PairJob, weights: Weights, width: int, optimise: OptimiseTasks,
+              copies: int = 1) -> dict[str, Any]:
+    """One pair through the runner's stages; its stage seconds and traffic.
+    ``copies``: optimise every task that many times over (side by side on
+    Ray), to warm that many workers."""
+    from amnst.pipeline import analyse_pair, render_pair, style_targets_for, timed
+
+    preset = job.preset
     stages: dict[str, float] = {}
     with _storage_traffic() as traffic:
         info, segments = analyse_pair(job, weights, stages)
