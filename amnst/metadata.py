@@ -40,10 +40,15 @@ import pyarrow.parquet as pq
 
 from amnst import storage
 
-SCHEMA_VERSION = 4
-# The output's quality measures in a pair row, as amnst.quality.assess names them.
+SCHEMA_VERSION = 5
+# The output's quality measures in a pair row, as amnst.quality.assess names them, in the
+# order reports list them.
 QUALITY_COLUMNS = ("chroma_similarity", "onset_correlation", "mfcc_distance", "mfcc_progress",
-                   "gram_distance", "gram_progress", "spectral_convergence", "noise_ratio", "peak")
+                   "gram_distance", "gram_progress", "texture_distance", "texture_progress",
+                   "spectral_convergence", "noise_ratio", "peak")
+# Those added in schema version 5: stored after the older ones (columns and struct fields).
+_QUALITY_COLUMNS_5 = ("texture_distance", "texture_progress")
+_QUALITY_COLUMNS_2 = tuple(name for name in QUALITY_COLUMNS if name not in _QUALITY_COLUMNS_5)
 TABLES = ("runs", "pairs", "segments")
 
 COMMIT_MARKER = "_COMMITTED"
@@ -53,7 +58,7 @@ RUN_STATUSES = ("completed", "partial", "failed")
 _PARTITIONING = pa.schema([("date", pa.string()), ("run_id", pa.string())])
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
-_QUALITY_STRUCT = pa.struct([(name, pa.float64()) for name in QUALITY_COLUMNS])
+_QUALITY_STRUCT = pa.struct([(name, pa.float64()) for name in (*_QUALITY_COLUMNS_2, *_QUALITY_COLUMNS_5)])
 
 
 def _schema(*fields: tuple[str, pa.DataType] | pa.Field) -> pa.Schema:
@@ -105,7 +110,7 @@ PAIRS_SCHEMA = _schema(
     ("started_at", _TIMESTAMP),
     ("finished_at", _TIMESTAMP),
     # Schema version 2: the output's quality measures (amnst.quality).
-    *((name, pa.float64()) for name in QUALITY_COLUMNS),
+    *((name, pa.float64()) for name in _QUALITY_COLUMNS_2),
     # Schema version 3: the piece's loss per iteration (mean over segments,
     # ``iterations + 1`` values from loss_start to loss_end), and the same
     # measures of the reference rows: the content itself and a plain mix.
@@ -115,6 +120,14 @@ PAIRS_SCHEMA = _schema(
     # Schema version 4: no new column. The quality measures are taken on levelled
     # spectra (amnst.quality.power_spectrogram), so that gain is not scored: rows of
     # earlier versions hold unlevelled mfcc_*, gram_* and noise_ratio values.
+    # Schema version 5: the texture measures (amnst.quality.texture_statistics), here and
+    # as fields appended to the reference rows' structs; null in rows of earlier versions.
+    *((name, pa.float64()) for name in _QUALITY_COLUMNS_5),
+    # Schema version 5 too: the pair's effective strength (its preset's nst.strength,
+    # 0 the content's own reconstruction, 1 the full transfer); null for a row
+    # whose preset is unknown (a bad manifest row) and in rows of earlier versions,
+    # which were all full transfers.
+    ("strength", pa.float64()),
 )
 
 SEGMENTS_SCHEMA = _schema(

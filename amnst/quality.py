@@ -17,6 +17,19 @@ measure documents its formula, range and direction:
   Frobenius distance of position-normalised Gram matrices at layers 4, 8, 12
   and 16 of an independent, randomly initialised seed CNN (seed 2016): not
   the network that was optimised, so the transfer cannot game it.
+- ``texture_distance`` / ``texture_progress``: the same, with the distance
+  between two sets of auditory texture statistics (McDermott & Simoncelli
+  2011, :func:`texture_statistics`): of the compressed envelopes of 30
+  ERB-spaced subbands (50 Hz to 8 kHz), their moments (mean, coefficient of
+  variation, skewness, log kurtosis), their cross-band correlations, and their
+  power in octave modulation bands (0.5 to 32 Hz) as fractions of their
+  variance. :func:`texture_distance` is the mean over those three families of
+  the RMS difference within each (moments: the mean of the four moments'), so
+  that no family counts for more because it holds more numbers; >= 0, lower
+  is closer. A measure of another family than every loss: no network, no mel
+  (half-cosine ERB filters, not the optimised Slaney mel), and statistics of
+  how band envelopes vary and co-vary over time, not Gram matrices of
+  features at one instant; the transfer cannot game it.
 - ``spectral_convergence`` (reconstruction error): ``||mel(output) - M||_F /
   ||M||_F`` against the optimised mel ``M``. >= 0; lower is better.
 - ``noise_ratio``: mean spectral flatness of the output over the content's.
@@ -56,14 +69,52 @@ MIX_CONTENT_GAIN = 0.7
 CLIP_HEADROOM = 0.99
 # Bins this far below a spectrum's peak (-100 dB) count as that level, not as -inf.
 SPECTRUM_FLOOR = 1e-10
+# Auditory texture statistics (McDermott & Simoncelli 2011): subbands, the envelope's
+# compressive exponent, and the centres of the octave-wide modulation bands.
+TEXTURE_BANDS = 30
+TEXTURE_FMIN = 50.0
+TEXTURE_FMAX = 8000.0
+TEXTURE_COMPRESSION = 0.3
+MODULATION_HZ = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+# A subband's power counts as at least this much per unit filter weight (-80 dB below the
+# levelled spectrum's mean bin): compression would otherwise make rounding noise a texture.
+TEXTURE_POWER_FLOOR = 1e-8
+# An envelope's variance counts as at least (this x its mean) squared in the normalised
+# statistics: a constant band (silence, a held tone) has skewness, correlation and
+# modulation 0, not rounding noise divided by ~0. Shifts a real texture's (CV >~ 0.1) by < 1e-4.
+TEXTURE_RELATIVE_SPREAD = 1e-3
+_TINY = 1e-30
+
+
+def _texture_layout() -> dict[str, slice]:
+    """Where each statistic lies in a :func:`texture_statistics` vector."""
+    pairs = TEXTURE_BANDS * (TEXTURE_BANDS - 1) // 2
+    sizes = {"mean": TEXTURE_BANDS, "cv": TEXTURE_BANDS, "skewness": TEXTURE_BANDS,
+             "log_kurtosis": TEXTURE_BANDS, "correlation": pairs,
+             "modulation": TEXTURE_BANDS * len(MODULATION_HZ)}
+    ends = np.cumsum(list(sizes.values()))
+    return {name: slice(int(end - size), int(end)) for (name, size), end in zip(sizes.items(), ends)}
+
+
+# Slices of a texture vector: per band (``TEXTURE_BANDS``, low to high) the envelope's
+# mean, coefficient of variation, skewness and log kurtosis; the upper triangle of the
+# bands' correlation matrix (row-major, off-diagonal); and ``(bands, modulation bands)``
+# modulation power fractions, row-major.
+TEXTURE_SLICES = _texture_layout()
+# The families that texture_distance gives an equal say, and the statistics in each.
+TEXTURE_FAMILIES = {"moments": ("mean", "cv", "skewness", "log_kurtosis"),
+                    "correlation": ("correlation",), "modulation": ("modulation",)}
+TEXTURE_SIZE = TEXTURE_SLICES["modulation"].stop
 
 
 @dataclasses.dataclass(frozen=True)
 class Timbre:
-    """A signal's timbre summaries: MFCC statistics ``(40,)`` and Gram signature."""
+    """A signal's timbre summaries: MFCC statistics ``(40,)``, Gram signature and
+    auditory texture statistics ``(TEXTURE_SIZE,)`` (:func:`texture_statistics`)."""
 
     mfcc: np.ndarray
     gram: list[np.ndarray]
+    texture: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +135,8 @@ class Signature:
 
 def power_spectrogram(y: np.ndarray, config: AudioConfig) -> np.ndarray:
     """``|STFT|^2`` of ``y``, ``(1 + n_fft // 2, frames)``, at unit mean power: the one
-    STFT chroma, MFCCs, flatness and the Gram signature share (centred, Hann, as
-    librosa's defaults).
+    STFT chroma, MFCCs, flatness, the Gram signature and the texture statistics share
+    (centred, Hann, as librosa's defaults).
 
     Levelling makes the measures ignore gain: MFCCs are taken from decibels
     relative to a fixed reference, so their first coefficient's mean is the
@@ -122,10 +173,132 @@ def gram_signature(power: np.ndarray, config: AudioConfig) -> list[np.ndarray]:
     return [s / n for s, n in zip(sums, positions)]
 
 
+def erb_number(hz: np.ndarray | float) -> np.ndarray:
+    """Glasberg & Moore's (1990) ERB-number of a frequency in Hz: ``21.4 log10(1 + 0.00437 f)``."""
+    return 21.4 * np.log10(1.0 + 0.00437 * np.asarray(hz, dtype=np.float64))
+
+
+def erb_frequency(erbs: np.ndarray | float) -> np.ndarray:
+    """The frequency in Hz of an ERB-number, the inverse of :func:`erb_number`."""
+    return (10.0 ** (np.asarray(erbs, dtype=np.float64) / 21.4) - 1.0) / 0.00437
+
+
+@functools.lru_cache(maxsize=8)
+def texture_filters(sample_rate: int, n_fft: int) -> np.ndarray:
+    """Power weights of the texture subbands on the STFT bins, ``(TEXTURE_BANDS, 1 + n_fft // 2)``.
+
+    ``TEXTURE_BANDS`` half-cosine filters with centres equally spaced in
+    ERB-number from ``TEXTURE_FMIN`` to ``TEXTURE_FMAX`` (or Nyquist), each
+    reaching to its neighbours' centres: filter ``k``'s amplitude response is
+    ``cos(pi/2 (E(f) - c_k) / spacing)`` within one spacing of its centre
+    ``c_k``, 0 beyond, so adjacent filters overlap half-way and their squared
+    responses, returned here, sum to 1 between the outer centres (McDermott &
+    Simoncelli's cosine filter bank). Built once per rate and size; read-only.
+    """
+    bins = np.arange(1 + n_fft // 2) * sample_rate / n_fft
+    centres = np.linspace(erb_number(TEXTURE_FMIN), erb_number(min(TEXTURE_FMAX, sample_rate / 2)),
+                          TEXTURE_BANDS)
+    spacing = centres[1] - centres[0]
+    offset = (erb_number(bins)[None, :] - centres[:, None]) / spacing
+    weights = np.where(np.abs(offset) < 1.0, np.cos(0.5 * np.pi * offset) ** 2, 0.0)
+    weights.setflags(write=False)
+    return weights
+
+
+@functools.lru_cache(maxsize=8)
+def _texture_supports(sample_rate: int, n_fft: int, dtype: str) -> tuple[tuple[int, int, np.ndarray], ...]:
+    """Per texture subband, ``(start, stop, weights)``: the bins its filter covers and its
+    power weights there, in ``dtype`` (the spectrogram's)."""
+    supports = []
+    for weights in texture_filters(sample_rate, n_fft):
+        covered = np.flatnonzero(weights)
+        start, stop = (int(covered[0]), int(covered[-1]) + 1) if len(covered) else (0, 0)
+        supports.append((start, stop, weights[start:stop].astype(dtype)))
+    return tuple(supports)
+
+
+def modulation_weights(frames: int, frame_rate: float) -> np.ndarray:
+    """Power weights of the modulation bands on an envelope's rFFT bins,
+    ``(len(MODULATION_HZ), frames // 2 + 1)``.
+
+    Octave-wide raised-cosine bands on a log-frequency axis, centred at
+    ``MODULATION_HZ``: ``cos^2(pi/2 log2(f / centre))`` within an octave of
+    the centre, 0 beyond (and at 0 Hz); adjacent bands' weights sum to 1.
+    ``frame_rate`` in frames per second.
+    """
+    hz = np.arange(frames // 2 + 1) * frame_rate / max(frames, 1)
+    octaves = np.log2(np.maximum(hz, _TINY))[None, :] - np.log2(MODULATION_HZ)[:, None]
+    return np.where((np.abs(octaves) < 1.0) & (hz > 0), np.cos(0.5 * np.pi * octaves) ** 2, 0.0)
+
+
+def texture_statistics(power: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """Auditory texture statistics (McDermott & Simoncelli 2011) of a levelled power
+    spectrogram ``(1 + n_fft // 2, frames)``, as one float64 vector ``(TEXTURE_SIZE,)``
+    laid out as :data:`TEXTURE_SLICES`.
+
+    Each subband's (:func:`texture_filters`) envelope, per frame, is the square
+    root of its power, compressed with exponent ``TEXTURE_COMPRESSION``:
+    ``e = (P_band + floor) ** (0.3 / 2)`` (dimensionless: the spectrum is at
+    unit mean power, so gain does not count). Per band, of ``e`` over frames:
+    its mean; its coefficient of variation ``std / mean``; its skewness
+    ``E[d^3] / s^3`` and log kurtosis ``log(max(E[d^4] / s^4, 1))``, with
+    ``d = e - mean``, ``s^2 = var + (TEXTURE_RELATIVE_SPREAD mean)^2``; the
+    correlation ``E[d_i d_j] / (s_i s_j)`` of every pair of bands; and the
+    power of the Hann-windowed ``d`` in each modulation band
+    (:func:`modulation_weights`, the frame rate is ``sample_rate /
+    hop_length``) as a fraction of its total power (the envelope's variance),
+    from its FFT: each in [0, 1], their sum at most 1. A silent signal gives
+    finite statistics (constant envelopes: all but the mean 0).
+    """
+    # Each band over its own bins only: a few % of a dense product's work, and no
+    # multi-threaded BLAS call to stall on a busy machine.
+    band_power = np.stack([weights @ power[start:stop] for start, stop, weights
+                           in _texture_supports(config.sample_rate, config.n_fft, power.dtype.str)])
+    totals = texture_filters(config.sample_rate, config.n_fft).sum(axis=1, keepdims=True)
+    band_power = np.maximum(band_power.astype(np.float64), 0.0) + TEXTURE_POWER_FLOOR * totals
+    envelope = band_power ** (TEXTURE_COMPRESSION / 2)
+    frames = envelope.shape[1]
+
+    mean = envelope.mean(axis=1)
+    deviation = envelope - mean[:, None]
+    squared = deviation * deviation  # products, not **: np.power's cubes cost 40x more
+    variance = np.mean(squared, axis=1)
+    spread = variance + (TEXTURE_RELATIVE_SPREAD * mean) ** 2 + _TINY
+    cv = np.sqrt(variance) / (mean + _TINY)
+    skewness = np.mean(squared * deviation, axis=1) / spread ** 1.5
+    log_kurtosis = np.log(np.maximum(np.mean(squared * squared, axis=1) / spread ** 2, 1.0))
+    correlation = (deviation @ deviation.T / frames) / np.sqrt(np.outer(spread, spread))
+
+    window = np.hanning(frames)
+    windowed = deviation * window
+    spectrum = np.abs(np.fft.rfft(windowed, axis=1)) ** 2
+    spectrum[:, 1:(frames + 1) // 2] *= 2  # one-sided: all but 0 Hz and Nyquist count twice
+    # Parseval: the full spectrum sums to frames x the windowed envelope's energy.
+    total = frames * (np.sum(windowed * windowed, axis=1)
+                      + np.sum(window ** 2) * (spread - variance))
+    modulation = spectrum @ modulation_weights(frames, config.sample_rate / config.hop_length).T
+    modulation /= np.maximum(total, _TINY)[:, None]
+
+    upper = np.triu_indices(TEXTURE_BANDS, k=1)
+    return np.concatenate([mean, cv, skewness, log_kurtosis, correlation[upper], modulation.ravel()])
+
+
+def texture_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Distance between two :func:`texture_statistics` vectors, >= 0:
+    ``(rms_moments + rms(a_corr - b_corr) + rms(a_mod - b_mod)) / 3``, with
+    ``rms_moments`` the mean of ``rms(a_s - b_s)`` over the four moments ``s``
+    and ``rms(x) = sqrt(mean(x^2))``: each family of :data:`TEXTURE_FAMILIES`
+    (and each moment within its family) has an equal say, however many
+    numbers it holds."""
+    rms = {name: float(np.sqrt(np.mean((a[part] - b[part]) ** 2))) for name, part in TEXTURE_SLICES.items()}
+    return float(np.mean([np.mean([rms[name] for name in names]) for names in TEXTURE_FAMILIES.values()]))
+
+
 def timbre(y: np.ndarray, config: AudioConfig, power: np.ndarray | None = None) -> Timbre:
     """``y``'s :class:`Timbre`; ``power`` is its :func:`power_spectrogram`, when already computed."""
     power = power_spectrogram(y, config) if power is None else power
-    return Timbre(mfcc_statistics(power, config), gram_signature(power, config))
+    return Timbre(mfcc_statistics(power, config), gram_signature(power, config),
+                  texture_statistics(power, config))
 
 
 def signature(y: np.ndarray, config: AudioConfig) -> Signature:
@@ -196,6 +369,8 @@ def compare(output: Signature, anchors: Anchors) -> dict[str, float]:
     mfcc_output = float(np.linalg.norm(output.timbre.mfcc - style.mfcc))
     gram_content = gram_distance(content.gram, style.gram)
     gram_output = gram_distance(output.timbre.gram, style.gram)
+    texture_content = texture_distance(content.texture, style.texture)
+    texture_output = texture_distance(output.timbre.texture, style.texture)
     return {
         "chroma_similarity": chroma_similarity(output, anchors.content),
         "onset_correlation": onset_correlation(output, anchors.content),
@@ -203,6 +378,8 @@ def compare(output: Signature, anchors: Anchors) -> dict[str, float]:
         "mfcc_progress": progress(mfcc_content, mfcc_output),
         "gram_distance": gram_output,
         "gram_progress": progress(gram_content, gram_output),
+        "texture_distance": texture_output,
+        "texture_progress": progress(texture_content, texture_output),
         "noise_ratio": noise_ratio(output, anchors.content),
         "peak": output.peak,
     }
@@ -226,10 +403,14 @@ def assess(output: np.ndarray, content: np.ndarray, style: np.ndarray, config: A
     return measure(output, Anchors.of(content, style, config), config, optimised_mel)
 
 
-def plain_mix(content: np.ndarray, style: np.ndarray) -> np.ndarray:
-    """``MIX_CONTENT_GAIN`` of the content plus the rest of the style (looped or cut to the
-    content's length): a reference that keeps the content and already moves toward the style."""
-    return MIX_CONTENT_GAIN * content + (1.0 - MIX_CONTENT_GAIN) * np.resize(style, content.shape)
+def plain_mix(content: np.ndarray, style: np.ndarray, style_share: float = 1.0 - MIX_CONTENT_GAIN) -> np.ndarray:
+    """``1 - style_share`` of the content plus ``style_share`` of the style (looped or cut
+    to the content's length), scaled down only where it would clip: the cheapest move
+    toward the style, and the curve (``amnst.frontier``) a transfer has to beat."""
+    if not 0.0 <= style_share <= 1.0:
+        raise ValueError(f"style_share must be in [0, 1], got {style_share}")
+    mixed = (1.0 - style_share) * content + style_share * np.resize(style, content.shape)
+    return audio.prevent_clipping(mixed, CLIP_HEADROOM)
 
 
 def equalised(content: np.ndarray, style: np.ndarray, config: AudioConfig,

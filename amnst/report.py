@@ -66,7 +66,8 @@ TOP_DB = 80.0
 PAGE_AUDIO = AudioConfig()
 # Which way each quality measure is better (amnst.quality): +1 higher, -1 lower.
 BETTER = {"chroma_similarity": 1, "onset_correlation": 1, "mfcc_progress": 1, "gram_progress": 1,
-          "mfcc_distance": -1, "gram_distance": -1, "spectral_convergence": -1, "noise_ratio": -1}
+          "texture_progress": 1, "mfcc_distance": -1, "gram_distance": -1, "texture_distance": -1,
+          "spectral_convergence": -1, "noise_ratio": -1}
 # Magma, sampled at ten evenly spaced points; the palette interpolates them.
 MAGMA_ANCHORS = ("000004", "180f3e", "451077", "721f81", "9f2f7f", "cd4071", "f1605d", "fd9567",
                  "fec98d", "fcfdbf")
@@ -388,10 +389,15 @@ def _pair_section(index: int, row: dict[str, Any], sounds: dict[str, Sound | str
                       for role in ("content", "style", "output"))
     return (f'<section class="pair" id="pair-{index}"><h2>{_text(row["pair_id"])}</h2>'
             f'<p class="note">{_text(row["content_uri"])} in the style of {_text(row["style_uri"])}; '
-            f'preset {_text(row["preset"])}, {row["iterations"]} iterations x {row["segments"]} '
-            f'segments</p><div class="sounds">{figures}</div>'
+            f'preset {_text(row["preset"])}, {_strength(row)}{row["iterations"]} iterations x '
+            f'{row["segments"]} segments</p><div class="sounds">{figures}</div>'
             f"<h3>Loss</h3>{loss_svg(row['loss_curve'] or [])}"
             f"<h3>Quality against the reference rows</h3>{_quality_table(row)}</section>")
+
+
+def _strength(row: dict[str, Any]) -> str:
+    """The pair's strength for its heading; nothing for rows of schema 4 or less, which lack it."""
+    return "" if row.get("strength") is None else f"strength {row['strength']:g}, "
 
 
 def _figure(role: str, sound: Sound | str) -> str:

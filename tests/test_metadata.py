@@ -43,7 +43,7 @@ def pair_row(pair_id: str, status: str = "ok", finished_at: datetime = T0, **col
         "started_at": finished_at - timedelta(seconds=4), "finished_at": finished_at,
         **{name: 0.5 for name in QUALITY_COLUMNS},
         "loss_curve": [10.0, 4.0, 1.5], "reference_content": {name: 1.0 for name in QUALITY_COLUMNS},
-        "reference_mix": {name: 0.25 for name in QUALITY_COLUMNS},
+        "reference_mix": {name: 0.25 for name in QUALITY_COLUMNS}, "strength": 0.5,
     }
     return {**row, **columns}
 
@@ -191,11 +191,12 @@ def test_file_with_an_older_schema_reads_with_the_current_one(output):
     writer = MetadataWriter(output, "20261126T000000Z-000002", T0)
     writer.add_pair(pair_row("new"))
     writer.commit(run_row())
-    # An older writer that knew no loss_end column, in a run that lists first,
-    # so that inferring the schema from the first file would lose the column.
+    # An older writer that knew no loss_end (nor schema 5's strength) column, in a run that
+    # lists first, so that inferring the schema from the first file would lose the columns.
     old_run = "20261125T000000Z-000001"
-    old_schema = pa.schema([f for f in PAIRS_SCHEMA if f.name not in ("date", "run_id", "loss_end")])
-    old_row = {k: v for k, v in pair_row("old").items() if k != "loss_end"}
+    lacking = ("loss_end", "strength")
+    old_schema = pa.schema([f for f in PAIRS_SCHEMA if f.name not in ("date", "run_id", *lacking)])
+    old_row = {k: v for k, v in pair_row("old").items() if k not in lacking}
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist([{"schema_version": 0, **old_row}], schema=old_schema), sink)
     old_file = storage.join(run_partition(output, "pairs", old_run, T0), "part-00001-0000abcd.parquet")
@@ -205,8 +206,17 @@ def test_file_with_an_older_schema_reads_with_the_current_one(output):
     assert pairs.schema == PAIRS_SCHEMA
     rows = {row["pair_id"]: row for row in pairs.to_pylist()}
     assert rows["old"]["loss_end"] is None and rows["old"]["schema_version"] == 0
+    assert rows["old"]["strength"] is None
     assert rows["old"]["loss_start"] == 10.0 and rows["old"]["run_id"] == old_run
     assert rows["new"]["loss_end"] == 1.5 and rows["new"]["schema_version"] == SCHEMA_VERSION
+    assert rows["new"]["strength"] == 0.5
+
+
+def test_schema_5_appends_a_nullable_strength_column():
+    # Additive evolution: appended last, nullable, and the version raised.
+    assert PAIRS_SCHEMA.names[-1] == "strength"
+    assert PAIRS_SCHEMA.field("strength").type == pa.float64() and PAIRS_SCHEMA.field("strength").nullable
+    assert SCHEMA_VERSION >= 5
 
 
 def test_bad_rows_are_rejected_when_added(output):

@@ -159,3 +159,99 @@ def test_bench_summary_counts_each_target_against_the_pairs_own_mix():
     assert not summary["t"]["targets_met"]
     assert summary["t"]["mfcc_progress"] == pytest.approx(0.375)
     assert "1/2/1/1/2/2" in bench.quality_table({"summary": summary})
+
+
+# --- auditory texture statistics -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def texture_pair():
+    """A short evaluation pair and its anchors (content: piano music; style: rain)."""
+    content, style = synth.evaluation_pair("pop-piano_rain", 3.0)
+    return content, style, quality.Anchors.of(content, style, CONFIG)
+
+
+def test_texture_progress_is_0_for_the_content_and_1_for_the_style(texture_pair):
+    content, style, anchors = texture_pair
+    assert len(style) == len(content)
+    itself = quality.compare(quality.signature(content, CONFIG), anchors)
+    assert itself["texture_progress"] == pytest.approx(0.0, abs=1e-9)
+    assert itself["texture_distance"] > 0
+    styled = quality.compare(quality.signature(style, CONFIG), anchors)
+    assert styled["texture_progress"] >= 0.99 and styled["texture_distance"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_texture_ignores_gain(texture_pair):
+    content, _, anchors = texture_pair
+    distance = quality.compare(anchors.content, anchors)["texture_distance"]
+    for gain in (0.25, 3.0):
+        measures = quality.compare(quality.signature(gain * content, CONFIG), anchors)
+        assert measures["texture_progress"] == pytest.approx(0.0, abs=1e-6)
+        assert measures["texture_distance"] == pytest.approx(distance, rel=1e-6)
+
+
+def test_a_mix_moves_the_texture_toward_the_style(texture_pair):
+    content, style, anchors = texture_pair
+    measures = quality.compare(quality.signature(quality.plain_mix(content, style), CONFIG), anchors)
+    assert 0 < measures["texture_progress"] < 1
+
+
+@pytest.mark.filterwarnings("ignore:Trying to estimate tuning:UserWarning")  # chroma of silence
+def test_silence_has_finite_texture_statistics(texture_pair):
+    content, _, anchors = texture_pair
+    silence = np.zeros_like(content)
+    statistics = quality.texture_statistics(quality.power_spectrogram(silence, CONFIG), CONFIG)
+    assert statistics.shape == (quality.TEXTURE_SIZE,) and statistics.dtype == np.float64
+    assert np.all(np.isfinite(statistics))
+    # Constant envelopes: no spread, no correlation, no modulation.
+    np.testing.assert_allclose(statistics[quality.TEXTURE_SLICES["mean"].stop:], 0.0, atol=1e-9)
+    assert quality.texture_distance(statistics, statistics) == 0.0
+    measures = quality.compare(quality.signature(silence, CONFIG), anchors)
+    assert np.isfinite(measures["texture_distance"]) and np.isfinite(measures["texture_progress"])
+    silent_anchors = quality.Anchors.of(silence, silence, CONFIG)
+    assert quality.compare(silent_anchors.content, silent_anchors)["texture_progress"] == 0.0
+
+
+def test_texture_statistics_are_in_their_ranges(texture_pair):
+    _, style, _ = texture_pair
+    statistics = quality.texture_statistics(quality.power_spectrogram(style, CONFIG), CONFIG)
+    part = lambda name: statistics[quality.TEXTURE_SLICES[name]]
+    assert np.all(part("mean") > 0) and np.all(part("cv") >= 0) and np.all(part("log_kurtosis") >= 0)
+    assert np.all(np.abs(part("correlation")) <= 1 + 1e-9)
+    modulation = part("modulation").reshape(quality.TEXTURE_BANDS, len(quality.MODULATION_HZ))
+    assert np.all(modulation >= 0) and np.all(modulation.sum(axis=1) <= 1 + 1e-9)
+    # Rain's envelopes move: most of their variance lies in the modulation bands.
+    assert np.median(modulation.sum(axis=1)) > 0.5
+
+
+def test_texture_filters_are_erb_spaced_half_cosines_apart_from_the_mel():
+    weights = quality.texture_filters(CONFIG.sample_rate, CONFIG.n_fft)
+    assert weights.shape == (quality.TEXTURE_BANDS, 1 + CONFIG.n_fft // 2)
+    assert quality.texture_filters(CONFIG.sample_rate, CONFIG.n_fft) is weights  # built once
+    hz = np.arange(weights.shape[1]) * CONFIG.sample_rate / CONFIG.n_fft
+    centres = quality.erb_frequency(np.linspace(quality.erb_number(quality.TEXTURE_FMIN),
+                                                quality.erb_number(quality.TEXTURE_FMAX), quality.TEXTURE_BANDS))
+    assert quality.erb_frequency(quality.erb_number(1000.0)) == pytest.approx(1000.0)
+    # Half-way overlap: squared responses sum to 1 between the outer centres, and each band
+    # peaks at its centre, every band on at least one bin.
+    inside = (hz >= centres[0]) & (hz <= centres[-1])
+    np.testing.assert_allclose(weights[:, inside].sum(axis=0), 1.0, atol=1e-9)
+    assert np.all(np.abs(hz[np.argmax(weights, axis=1)] - centres) <= CONFIG.sample_rate / CONFIG.n_fft)
+    assert np.all((weights > 0).sum(axis=1) >= 2)
+    assert weights.shape[0] != audio.mel_basis(CONFIG).shape[0]
+
+
+def test_texture_distance_gives_each_family_an_equal_say():
+    a = np.zeros(quality.TEXTURE_SIZE)
+
+    def shifted(name: str, by: float) -> np.ndarray:
+        b = a.copy()
+        b[quality.TEXTURE_SLICES[name]] = by
+        return b
+
+    # Every correlation (435 numbers) off by 1 weighs as much as every modulation fraction
+    # (210) off by 1: a third each; one of the four moments, a twelfth.
+    assert quality.texture_distance(shifted("correlation", 1.0), a) == pytest.approx(1 / 3)
+    assert quality.texture_distance(shifted("modulation", 1.0), a) == pytest.approx(1 / 3)
+    assert quality.texture_distance(shifted("skewness", 1.0), a) == pytest.approx(1 / 12)
+    b = np.random.default_rng(0).normal(size=a.size)
+    assert quality.texture_distance(a, b) == pytest.approx(quality.texture_distance(b, a))

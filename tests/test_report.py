@@ -126,8 +126,8 @@ def write_pairs(folder: Path) -> Path:
     write_wav(folder / "organ.wav", synth.music(3.0, seed=2, timbre="organ"))
     write_wav(folder / "rain.wav", synth.rain(3.0, seed=1))
     manifest = folder / "manifest.csv"
-    manifest.write_text("pair_id,content,style\npiano,piano.wav,rain.wav\norgan,organ.wav,rain.wav\n"
-                        "lost,piano.wav,missing.wav\n")
+    manifest.write_text("pair_id,content,style,strength\npiano,piano.wav,rain.wav,0.5\n"
+                        "organ,organ.wav,rain.wav,\nlost,piano.wav,missing.wav,\n")
     return manifest
 
 
@@ -152,6 +152,8 @@ def test_every_run_writes_its_report_beside_its_records(local_run):
     assert len(sources) == 5 * 2  # piano, organ, one rain shared, two outputs: a preview and a picture each
     assert all(src.startswith("assets/") and (Path(location.folder) / src).is_file() for src in sources)
     assert "<h2>Stages, slowest first</h2>" in page and "3 (2 ok, 1 failed, 0 skipped)" in page
+    assert "preset default, strength 0.5, 3 iterations" in page  # piano's own
+    assert f"preset default, strength {PRESET.nst.strength:g}, 3 iterations" in page  # organ: the preset's
 
     rows = {row["pair_id"]: row for row in metadata.read_table(output, "pairs").to_pylist()}
     for pair_id in ("piano", "organ"):
