@@ -111,6 +111,17 @@ def mel_basis(config: AudioConfig) -> np.ndarray:
     return basis
 
 
+def stft(y: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """The complex STFT of ``y``, ``(1 + n_fft // 2, n_frames)``: centred, Hann,
+    ``n_frames = 1 + len(y) // hop_length``."""
+    return librosa.stft(y, n_fft=config.n_fft, hop_length=config.hop_length, center=True)
+
+
+def mel_from_stft(spectrum: np.ndarray, config: AudioConfig) -> np.ndarray:
+    """The mel spectrogram ``(n_mels, n_frames)`` of a complex STFT (:func:`stft`)."""
+    return (mel_basis(config) @ np.abs(spectrum) ** config.mel_power).astype(np.float32)
+
+
 def mel_spectrogram(y: np.ndarray, config: AudioConfig) -> np.ndarray:
     """Mel spectrogram of ``y`` as librosa computes it, ``(n_mels, n_frames)``.
 
@@ -118,9 +129,20 @@ def mel_spectrogram(y: np.ndarray, config: AudioConfig) -> np.ndarray:
     filter bank applied to ``|STFT|``). Frames are centred, so
     ``n_frames = 1 + len(y) // hop_length``.
     """
-    stft = librosa.stft(y, n_fft=config.n_fft, hop_length=config.hop_length, center=True)
-    spectrum = np.abs(stft) ** config.mel_power
-    return (mel_basis(config) @ spectrum).astype(np.float32)
+    return mel_from_stft(stft(y, config), config)
+
+
+def blend(content_mel: np.ndarray, transferred_mel: np.ndarray, strength: float) -> np.ndarray:
+    """``content_mel ** (1 - strength) * transferred_mel ** strength``, bin by bin.
+
+    A dry/wet control for spectra: the geometric mean weighs each band's level
+    in decibels, so ``strength`` 0.5 lands halfway in loudness, not in power.
+    0 returns the content's mel exactly and 1 the transferred one. Both mels
+    ``(n_mels, n_frames)``, non-negative.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    return (np.power(content_mel, 1.0 - strength) * np.power(transferred_mel, strength)).astype(np.float32)
 
 
 def num_frames(n_samples: int, config: AudioConfig) -> int:

@@ -97,12 +97,13 @@ class AudioConfig:
         return self.segment_frames * self.hop_length / self.sample_rate
 
 
-INITS = ("content", "style", "zero", "random")
+INITS = ("content", "style", "mix", "zero", "random")
 OPTIMIZERS = ("sgd", "adam")
 PARAMETERIZATIONS = ("linear", "log")
 CNN_INPUTS = ("mel", "log")
 GRAM_NORMS = ("none", "positions")
 INVERSIONS = ("librosa", "fast")
+PHASES = ("random", "content")
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,18 @@ class NSTConfig:
     # are the timbre (what MFCCs summarise) that the CNN's 2x2 kernels see only
     # piecewise. Needs ``gram_norm="positions"``.
     spectral_style_weight: float = 0.0
+    # Weight of the style loss on random shallow networks (Antognini, Hoffman and
+    # Weiss, 2019): the Grams of random dilated 1-D convolutions over the
+    # log-mel's frames (``nst.RANDOM_NET_DILATIONS``), statistics of the
+    # texture at several time scales that the CNN's 2x2 kernels cannot see.
+    # Needs ``gram_norm="positions"``.
+    random_style_weight: float = 0.0
+    # Weights of the content loss on the music alone (``amnst.musical``): the
+    # target's pitch classes and its onset envelope against the content's,
+    # each a relative error. Unlike the CNN layers' content loss, they leave
+    # each band's level, the timbre, free to move.
+    pitch_weight: float = 0.0
+    onset_weight: float = 0.0
     # Divide each layer's content loss by the content features' mean square
     # and each style loss by the style Gram's, so that weights are relative
     # errors, comparable across layers, representations and networks.
@@ -150,6 +163,14 @@ class NSTConfig:
     max_retries: int = 20
     inversion: str = "librosa"
     griffin_lim_iters: int = 32
+    # Where phase retrieval starts: librosa's random phase, or the content's own
+    # STFT phase (``invert.content_phase``), which keeps the notes that phase
+    # retrieval from random phase smears. Needs ``inversion="fast"``.
+    phase: str = "random"
+    # How far toward the optimised mel the output goes, as a dry/wet control:
+    # the rendered mel is ``content ** (1 - strength) * optimised ** strength``
+    # band by band (``render.blend``). 0 is the content's own reconstruction.
+    strength: float = 1.0
     segments_per_batch: int = 4
 
     def __post_init__(self) -> None:
@@ -177,10 +198,19 @@ class NSTConfig:
                  "must be >= 0")
         _require(not self.spectral_style_weight or self.gram_norm == "positions", "spectral_style_weight",
                  self.spectral_style_weight, 'needs gram_norm="positions"')
+        _require(self.random_style_weight >= 0, "random_style_weight", self.random_style_weight, "must be >= 0")
+        _require(not self.random_style_weight or self.gram_norm == "positions", "random_style_weight",
+                 self.random_style_weight, 'needs gram_norm="positions"')
+        _require(self.pitch_weight >= 0, "pitch_weight", self.pitch_weight, "must be >= 0")
+        _require(self.onset_weight >= 0, "onset_weight", self.onset_weight, "must be >= 0")
         _require(self.rollback_steps >= 1, "rollback_steps", self.rollback_steps, "must be >= 1")
         _require(self.max_retries >= 0, "max_retries", self.max_retries, "must be >= 0")
         _require(self.inversion in INVERSIONS, "inversion", self.inversion, f"must be one of {INVERSIONS}")
         _require(self.griffin_lim_iters >= 0, "griffin_lim_iters", self.griffin_lim_iters, "must be >= 0")
+        _require(self.phase in PHASES, "phase", self.phase, f"must be one of {PHASES}")
+        _require(self.phase == "random" or self.inversion == "fast", "phase", self.phase,
+                 'needs inversion="fast"')
+        _require(0.0 <= self.strength <= 1.0, "strength", self.strength, "must be in [0, 1]")
         _require(self.segments_per_batch >= 1, "segments_per_batch", self.segments_per_batch, "must be >= 1")
 
     @property
@@ -229,30 +259,35 @@ PRESETS: dict[str, Preset] = {
     # inversion. Its only departures: the NaN rollback takes effect, and the
     # last partial segment is padded rather than dropped.
     "seed": Preset("seed", AudioConfig(), NSTConfig()),
-    # Converges where "seed" diverges: the magnitude mel the CNN was trained
-    # on, a log-parameterised (always positive) target, per-position Gram
-    # normalisation (segments independent, so per-segment fan-out is exact),
-    # Adam, crossfaded stitching of fitted segments and the fast batched inversion.
+    # Converges where "seed" diverges, and moves toward the style further than
+    # mixing the two files can at the same cost to the music (docs/quality.md):
+    # the magnitude mel the CNN was trained on, a log-parameterised (always
+    # positive) target started from a mix of content and style, per-position
+    # Grams (segments independent, so per-segment fan-out is exact) of the CNN,
+    # of the log-mel's bands and of random shallow networks, a content loss on
+    # pitch classes and onsets instead of CNN features (which pin the timbre),
+    # Adam, crossfaded fitted segments, and inversion from the content's phase.
     "default": Preset(
         "default",
         AudioConfig(mel_power=1.0, overlap_frames=32, fit_segments=True),
         NSTConfig(
-            content_layers=(0, 2),
+            content_layers=(),
             style_layers=(4, 8, 12, 16),
-            content_weight=1.0,
             style_weight=10.0,
-            # bench quality (README, Quality): with fitted segments, 35 iterations
-            # keep chroma on all ten pairs and onsets on nine (40: nine and nine),
-            # with 97 % of 40's Gram progress at 0.875x the compute. Before fitting,
-            # 40 did the same against 50; 100 buy +0.06 Gram progress and more noise.
+            spectral_style_weight=100.0,
+            random_style_weight=100.0,
+            pitch_weight=1000.0,
+            onset_weight=1000.0,
             iterations=35,
             learning_rate=0.1,
             optimizer="adam",
+            init="mix",
             parameterization="log",
             gram_norm="positions",
             relative_loss=True,
             inversion="fast",
             griffin_lim_iters=32,
+            phase="content",
         ),
     ),
 }

@@ -43,6 +43,10 @@ DEFAULT_MOMENTUM = 0.99
 # Guards 0 / 0 in silent bins. The smallest normal float32, so that it cannot
 # bias the update at any signal level: the solve is scale-invariant.
 _NNLS_EPS = float(np.finfo(np.float32).tiny)
+# A phase-held inversion holds a bin's phase at the reference's in full where
+# the magnitude is the reference's, less as it departs, and not at all this
+# many decibels away (:func:`phase_hold`).
+PHASE_HOLD_DB = 12.0
 
 
 # --------------------------------------------------------------------------
@@ -227,8 +231,10 @@ def _griffin_lim_fn(n_fft: int, hop_length: int) -> Any:
         spec([], tf.int32),  # n_iter
         spec([], tf.int32),  # length
         spec([], tf.float32),  # momentum
+        spec([None, None, None], tf.complex64),  # held phase: weight * unit phasor
+        spec([None, None, None], tf.float32),  # 1 - weight: how free each bin's phase is
     ])
-    def run(magnitudes, phase, n_iter, length, momentum):
+    def run(magnitudes, phase, n_iter, length, momentum, held, free):
         n_frames = tf.shape(magnitudes)[1]
         # The overlap-add buffer holds the centre-padded signal: sample s of
         # the output is buffer sample s + n_fft // 2, and frame t starts at
@@ -256,15 +262,21 @@ def _griffin_lim_fn(n_fft: int, hop_length: int) -> Any:
             frames = tf.signal.frame(signal, n_fft, hop_length)
             return tf.signal.rfft(frames * window, fft_length=[n_fft])
 
-        def project(estimate):
-            # Keep the phase, impose the target magnitude; on the real and
-            # imaginary parts, which is cheaper than complex division. Unit
-            # phasor first, as librosa does: a zero estimate (a frame wholly
-            # outside `length`) then gives 0, where magnitude / tiny would
-            # overflow to inf and 0 * inf to NaN.
+        def unit(estimate):
+            # On the real and imaginary parts, which is cheaper than complex
+            # division. Unit phasor first, as librosa does: a zero estimate (a
+            # frame wholly outside `length`) then gives 0, where magnitude / tiny
+            # would overflow to inf and 0 * inf to NaN.
             real, imag = tf.math.real(estimate), tf.math.imag(estimate)
             norm = tf.sqrt(real * real + imag * imag) + tiny
-            return tf.complex(real / norm * magnitudes, imag / norm * magnitudes)
+            return real / norm, imag / norm
+
+        def project(estimate):
+            # Keep the estimate's phase, pulled toward the held phase where a bin
+            # is held, and impose the target magnitude.
+            real, imag = unit(estimate)
+            real, imag = unit(tf.complex(free * real, free * imag) + held)
+            return tf.complex(real * magnitudes, imag * magnitudes)
 
         angles = tf.complex(magnitudes * tf.cos(phase), magnitudes * tf.sin(phase))
         # With previous = 0 the first step has no momentum, as in librosa.
@@ -298,12 +310,27 @@ def initial_phase(n_bins: int, n_frames: int, batch: int, seed: int) -> np.ndarr
 
 
 def _griffin_lim_frames(magnitudes: tf.Tensor, phase: Any, config: AudioConfig, n_iter: int, length: int,
-                        momentum: float) -> tf.Tensor:
+                        momentum: float, hold: tf.Tensor | None = None) -> tf.Tensor:
     """:func:`griffin_lim` on ``(batch, n_frames, n_bins)``, frames as rows, from
-    initial phases of the same shape."""
+    initial phases of the same shape. ``hold`` (same shape, in [0, 1]) holds each
+    bin's phase at its initial value by that weight at every iteration; none by default."""
     run = _griffin_lim_fn(config.n_fft, config.hop_length)
-    return run(magnitudes, tf.convert_to_tensor(phase, tf.float32), tf.constant(n_iter, tf.int32),
-               tf.constant(length, tf.int32), tf.constant(momentum, tf.float32))
+    phase = tf.convert_to_tensor(phase, tf.float32)
+    if hold is None:
+        hold = tf.zeros_like(magnitudes)
+    held = tf.complex(hold * tf.cos(phase), hold * tf.sin(phase))
+    return run(magnitudes, phase, tf.constant(n_iter, tf.int32), tf.constant(length, tf.int32),
+               tf.constant(momentum, tf.float32), held, 1.0 - hold)
+
+
+def phase_hold(magnitudes: tf.Tensor, reference: tf.Tensor, hold_db: float = PHASE_HOLD_DB) -> tf.Tensor:
+    """How firmly each bin's phase is held at the reference's, in [0, 1]: 1 where the
+    magnitudes equal the reference's, falling linearly in decibels to 0 at
+    ``hold_db`` away. Both ``(batch, n_frames, n_bins)``; bins more than 80 dB
+    below an item's loudest reference bin count as that level."""
+    floor = 1e-4 * tf.reduce_max(reference, axis=[1, 2], keepdims=True) + _NNLS_EPS
+    departure_db = (20.0 / np.log(10.0)) * tf.abs(tf.math.log(magnitudes + floor) - tf.math.log(reference + floor))
+    return tf.clip_by_value(1.0 - departure_db / hold_db, 0.0, 1.0)
 
 
 def griffin_lim(magnitudes: Any, config: AudioConfig, n_iter: int = 32, length: int | None = None,
@@ -350,8 +377,15 @@ def griffin_lim(magnitudes: Any, config: AudioConfig, n_iter: int = 32, length: 
 
 
 def mel_to_audio(mels: Any, config: AudioConfig, n_iter: int = 32, length: int | None = None,
-                 seed: int = 0, momentum: float = DEFAULT_MOMENTUM) -> np.ndarray:
+                 seed: int = 0, momentum: float = DEFAULT_MOMENTUM, reference: Any = None) -> np.ndarray:
     """Fast mel inversion: :func:`mel_to_linear`, then :func:`griffin_lim`.
+
+    With a ``reference`` STFT (the content's, :func:`amnst.audio.stft`), phase
+    retrieval starts from the reference's phase instead of a random one, and
+    holds each bin's phase there as firmly as :func:`phase_hold` says: where
+    the mel kept the content's level, its notes keep their exact phase (phase
+    retrieval from any start smears them); where the transfer changed the
+    level, Griffin-Lim finds a phase consistent with the new magnitude.
 
     Args:
         mels: ``(n_mels, n_frames)`` or a batch ``(batch, n_mels, n_frames)``,
@@ -364,6 +398,9 @@ def mel_to_audio(mels: Any, config: AudioConfig, n_iter: int = 32, length: int |
         seed: seeds the initial phase (per item, so batching does not change
             an item's audio).
         momentum: fast Griffin-Lim's momentum, ``>= 0``.
+        reference: ``None`` (random initial phase from ``seed``), or a complex
+            STFT ``(1 + n_fft // 2, n_frames)`` (a batch: ``(batch, ...)``) of
+            the mel's frames to take phase from.
 
     Returns:
         float32 numpy array ``(length,)``, or ``(batch, length)`` for a batch.
@@ -377,21 +414,44 @@ def mel_to_audio(mels: Any, config: AudioConfig, n_iter: int = 32, length: int |
     momentum = _check_momentum(momentum)
     seed = _check_seed(seed)
     frames = tf.transpose(tensor, [0, 2, 1])
-    phase = initial_phase(1 + config.n_fft // 2, frames.shape[1], frames.shape[0], seed)
-    audio = fast_inversion(frames, tf.constant(phase), config, n_iter, length, momentum).numpy()
+    if reference is None:
+        phase = initial_phase(1 + config.n_fft // 2, frames.shape[1], frames.shape[0], seed)
+        audio = fast_inversion(frames, tf.constant(phase), config, n_iter, length, momentum)
+    else:
+        reference = _check_reference(reference, single, tuple(tensor.shape), config)
+        audio = fast_inversion(frames, None, config, n_iter, length, momentum, reference)
+    audio = audio.numpy()
     return audio[0] if single else audio
 
 
-def fast_inversion(mel_frames: tf.Tensor, phase: tf.Tensor, config: AudioConfig, n_iter: int,
-                   length: int, momentum: float) -> tf.Tensor:
+def fast_inversion(mel_frames: tf.Tensor, phase: tf.Tensor | None, config: AudioConfig, n_iter: int,
+                   length: int, momentum: float, reference: tf.Tensor | None = None) -> tf.Tensor:
     """:func:`mel_to_audio`'s computation, unchecked and traceable.
 
-    ``mel_frames`` is ``(batch, n_frames, n_mels)``, ``phase`` the initial
-    phase ``(batch, n_frames, 1 + n_fft // 2)`` in radians; returns
-    ``(batch, length)``.
+    ``mel_frames`` is ``(batch, n_frames, n_mels)``; ``phase`` the initial
+    phase ``(batch, n_frames, 1 + n_fft // 2)`` in radians, or, with a complex
+    ``reference`` STFT of that shape, ``None``: the reference's phase, held
+    (:func:`phase_hold`). Returns ``(batch, length)``.
     """
     magnitudes = _mel_to_linear_frames(mel_frames, config, DEFAULT_NNLS_ITERS)
-    return _griffin_lim_frames(magnitudes, phase, config, n_iter, length, momentum)
+    if reference is None:
+        return _griffin_lim_frames(magnitudes, phase, config, n_iter, length, momentum)
+    hold = phase_hold(magnitudes, tf.abs(reference))
+    return _griffin_lim_frames(magnitudes, tf.math.angle(reference), config, n_iter, length, momentum, hold)
+
+
+def _check_reference(reference: Any, single: bool, mel_shape: tuple[int, ...], config: AudioConfig) -> tf.Tensor:
+    """A reference STFT as ``(batch, n_frames, n_bins)`` complex64, or ValueError."""
+    array = np.asarray(reference)
+    expected = (1 + config.n_fft // 2, mel_shape[-1])
+    if not single:
+        expected = (mel_shape[0], *expected)
+    if array.shape != expected:
+        raise ValueError(f"reference STFT has shape {array.shape}, {expected} expected")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("reference STFT holds NaN or infinite values")
+    frames = np.swapaxes(array.reshape((-1, *expected[-2:])), 1, 2)
+    return tf.constant(frames.astype(np.complex64))
 
 
 def reference_mel_to_audio(mel: Any, config: AudioConfig, n_iter: int = 32,

@@ -29,7 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from amnst.config import NSTConfig
+from amnst import musical
+from amnst.config import AudioConfig, NSTConfig
 from amnst.features import FeatureStack
 
 # Smallest mel value a log-parameterised target can represent (log of zero
@@ -41,6 +42,17 @@ LOG_INPUT_OFFSET = 1e-3
 # Keeps relative losses finite for an all-zero reference (silence, dead layers).
 RELATIVE_FLOOR = 1e-12
 ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-8
+# The random shallow networks of ``random_style_weight``: one per dilation, each
+# a 3-tap convolution over frames (receptive fields of 3, 9 and 33 frames: 35
+# to 380 ms) from the log-mel's bands to this many ReLU filters. Seeded apart
+# from the quality measures' independent network (``quality.INDEPENDENT_NETWORK_SEED``).
+RANDOM_NET_DILATIONS = (1, 4, 16)
+# ``init="mix"`` starts from this share of the style's mel, brought to the
+# content's level, added to the rest of the content's, as a plain mix of the
+# waveforms would (for uncorrelated sounds, magnitude mels add about so).
+MIX_INIT_SHARE = 0.5
+RANDOM_NET_FILTERS = 64
+RANDOM_NET_SEED = 2019
 
 
 @dataclass(frozen=True)
@@ -78,8 +90,10 @@ class StyleTransfer:
     are reused by every call.
     """
 
-    def __init__(self, model: keras.Model, config: NSTConfig, jit_compile: bool | None = None) -> None:
-        """``jit_compile``: compile the step with XLA; by default, where TensorFlow
+    def __init__(self, model: keras.Model, config: NSTConfig, jit_compile: bool | None = None,
+                 audio: AudioConfig = AudioConfig()) -> None:
+        """``audio``: the mels' parameters (the pitch-class projection reads their
+        bands' frequencies). ``jit_compile``: compile the step with XLA; by default, where TensorFlow
         sees a GPU. There XLA fuses the step's element-wise work into few kernels
         (the program ``amnst bench export-xla`` writes is this step, so GPU
         figures measure it); on the CPU it was no faster than TensorFlow's own
@@ -93,6 +107,8 @@ class StyleTransfer:
         wanted.setdefault(config.content_input, set()).update(config.content_layers)
         wanted.setdefault(config.style_input, set()).update(config.style_layers)
         self._stacks = {name: FeatureStack(model, tuple(sorted(layers))) for name, layers in wanted.items()}
+        self._pitch_matrix = musical.pitch_class_matrix(audio)
+        self._random_kernels = _random_net_kernels(audio.n_mels) if config.random_style_weight else ()
         self._step = _TracedForAnyBatchAndWidth(self.step_graph, jit_compile=jit_compile)
         self._losses = _TracedForAnyBatchAndWidth(self._losses_graph)
 
@@ -120,7 +136,7 @@ class StyleTransfer:
         """Gram matrices of the style pooled over all its segments, computed once."""
         _check_segments(style_segments, "style segments")
         size = self.config.segments_per_batch
-        maps = len(self.config.style_layers) + bool(self.config.spectral_style_weight)
+        maps = len(self._style_weights())
         sums, positions = [0.0] * maps, [0] * maps
         for start in range(0, len(style_segments), size):
             batch = style_segments[start:start + size]
@@ -137,32 +153,69 @@ class StyleTransfer:
 
     def _style_maps(self, style_features: dict[int, tf.Tensor], mels: np.ndarray | tf.Tensor) -> list[tf.Tensor]:
         """The maps whose Grams the style loss matches, ``(B, H, W, C)`` each: every style
-        layer's, then, with a spectral style weight, the log-mel ``(B, frames, 1, n_mels)``."""
-        maps = [style_features[layer] for layer in self.config.style_layers]
-        if self.config.spectral_style_weight:
-            log_mel = tf.math.log(tf.convert_to_tensor(mels, tf.float32) + LOG_INPUT_OFFSET)
-            maps.append(tf.transpose(log_mel, [0, 2, 1])[:, :, None, :])
+        layer's; then, with a spectral style weight, the log-mel ``(B, frames, 1, n_mels)``;
+        then, with a random style weight, each random network's ``(B, frames', 1, filters)``."""
+        cfg = self.config
+        maps = [style_features[layer] for layer in cfg.style_layers]
+        if cfg.spectral_style_weight or cfg.random_style_weight:
+            log_mel = tf.math.log(tf.transpose(tf.convert_to_tensor(mels, tf.float32), [0, 2, 1]) + LOG_INPUT_OFFSET)
+            if cfg.spectral_style_weight:
+                maps.append(log_mel[:, :, None, :])
+            for kernel, dilation in zip(self._random_kernels, RANDOM_NET_DILATIONS):
+                maps.append(tf.nn.relu(tf.nn.conv1d(log_mel, kernel, 1, "VALID", dilations=dilation))[:, :, None, :])
         return maps
+
+    def _style_weights(self) -> list[float]:
+        """The weight of each of :meth:`_style_maps`'s maps."""
+        cfg = self.config
+        return ([cfg.style_weight] * len(cfg.style_layers) + [cfg.spectral_style_weight] * bool(cfg.spectral_style_weight)
+                + [cfg.random_style_weight] * len(self._random_kernels))
 
     # --- losses -------------------------------------------------------------
 
     def content_targets(self, content_segments: np.ndarray) -> tuple[tuple[tf.Tensor, tf.Tensor], ...]:
-        """Per content layer: the content's features and each segment's loss scale.
+        """Per content layer: the content's features and each segment's loss scale;
+        then, with a pitch weight, the content's pitch classes ``(B, 12, frames)``
+        and their frame weights, and with an onset weight, its onset envelope
+        ``(B, 1, frames - 1)`` and its scale (:mod:`amnst.musical`).
 
-        The scale folds the content weight and the loss's denominator into one
-        ``(B,)`` factor, so a step's content loss is a plain sum of squares.
+        The scale folds the weight and the loss's denominator into one factor,
+        so a step's content loss is a plain sum of squares.
         """
         cfg = self.config
         features = self._batched_features(content_segments, cfg.content_layers, cfg.content_input)
+        batch = len(content_segments)
         targets = []
         for f in features:
             scale = cfg.content_weight / float(np.prod(f.shape[1:]))
             if cfg.relative_loss:
                 scale /= tf.reduce_mean(tf.square(f), axis=[1, 2, 3]) + RELATIVE_FLOOR
             if cfg.couples_segments:
-                scale /= len(content_segments)
-            targets.append((f, tf.broadcast_to(tf.cast(scale, tf.float32), [len(content_segments)])))
+                scale /= batch
+            targets.append((f, tf.broadcast_to(tf.cast(scale, tf.float32), [batch])))
+        mels = tf.constant(content_segments, tf.float32)
+        if cfg.pitch_weight:
+            # Unit vectors differ by at most 2 in squared norm, and the frame weights sum to 1.
+            weights = cfg.pitch_weight * musical.frame_weights(mels)
+            targets.append((musical.pitch_classes(mels, self._pitch_matrix), weights))
+        if cfg.onset_weight:
+            onsets = musical.onset_envelope(mels)
+            scale = cfg.onset_weight / ((tf.reduce_sum(tf.square(onsets), axis=[1, 2]) + RELATIVE_FLOOR))
+            targets.append((onsets, scale))
         return tuple(targets)
+
+    def _music_loss(self, mel: tf.Tensor, targets: tuple[tuple[tf.Tensor, tf.Tensor], ...]) -> tf.Tensor:
+        """The pitch and onset content losses per segment, ``(B,)`` (see :meth:`content_targets`)."""
+        cfg, loss, k = self.config, 0.0, 0
+        if cfg.pitch_weight:
+            classes, weights = targets[k]
+            loss += tf.reduce_sum(weights * tf.square(musical.pitch_classes(mel, self._pitch_matrix) - classes),
+                                  axis=[1, 2])
+            k += 1
+        if cfg.onset_weight:
+            onsets, scale = targets[k]
+            loss += scale * tf.reduce_sum(tf.square(musical.onset_envelope(mel) - onsets), axis=[1, 2])
+        return loss
 
     def _segment_losses(self, mel: tf.Tensor, content: tuple[tuple[tf.Tensor, tf.Tensor], ...],
                         grams: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -177,10 +230,11 @@ class StyleTransfer:
         content_loss = tf.zeros([batch])
         for layer, (target, scale) in zip(cfg.content_layers, content):
             content_loss += _weighted_squared_error(content_features[layer], target, scale)
+        if cfg.pitch_weight or cfg.onset_weight:
+            content_loss += self._music_loss(mel, content[len(cfg.content_layers):])
         objective = tf.reduce_sum(content_loss)
         style_loss = tf.zeros([batch])
-        weights = [cfg.style_weight] * len(cfg.style_layers) + [cfg.spectral_style_weight]
-        for f, gram, weight in zip(self._style_maps(style_features, mel), grams, weights):
+        for f, gram, weight in zip(self._style_maps(style_features, mel), grams, self._style_weights()):
             # Positions are dynamic: a compiled step serves every fitted segment width.
             c = f.shape[3]
             positions = tf.cast(tf.shape(f)[1] * tf.shape(f)[2], tf.float32)
@@ -287,8 +341,15 @@ class StyleTransfer:
         init = self.config.init
         if init == "content":
             return content_segments.astype(np.float32)
-        if init == "style":
-            return _fit_frames(targets.segments[indices % len(targets.segments)], content_segments.shape[2])
+        if init in ("style", "mix"):
+            style = _fit_frames(targets.segments[indices % len(targets.segments)], content_segments.shape[2])
+            if init == "style":
+                return style
+            # At the content's level, segment by segment: a style far louder or
+            # quieter than the content would otherwise swamp it or vanish.
+            level = content_segments.mean(axis=(1, 2), keepdims=True) / (style.mean(axis=(1, 2), keepdims=True)
+                                                                          + RELATIVE_FLOOR)
+            return ((1.0 - MIX_INIT_SHARE) * content_segments + MIX_INIT_SHARE * level * style).astype(np.float32)
         if init == "zero":
             return np.zeros_like(content_segments, dtype=np.float32)
         noise = [np.random.default_rng([self.config.seed, int(i)]).standard_normal(
@@ -407,6 +468,14 @@ def _weighted_squared_error(features: tf.Tensor, target: tf.Tensor, scale: tf.Te
         return per_segment, grad
 
     return error(features)
+
+
+def _random_net_kernels(n_mels: int) -> tuple[np.ndarray, ...]:
+    """The random networks' kernels, ``(3, n_mels, RANDOM_NET_FILTERS)`` each, He-scaled."""
+    rng = np.random.default_rng(RANDOM_NET_SEED)
+    scale = np.sqrt(2.0 / (3 * n_mels))
+    return tuple((scale * rng.standard_normal((3, n_mels, RANDOM_NET_FILTERS))).astype(np.float32)
+                 for _ in RANDOM_NET_DILATIONS)
 
 
 def _fit_frames(segments: np.ndarray, frames: int) -> np.ndarray:

@@ -58,24 +58,30 @@ def analyse(y: np.ndarray, config: AudioConfig) -> Analysis:
     return Analysis(audio.segment(mel, config), mel.shape[1], len(y))
 
 
-def render(segments: np.ndarray, n_frames: int, n_samples: int, audio_config: AudioConfig,
+def render(segments: np.ndarray, content: np.ndarray, audio_config: AudioConfig,
            nst_config: NSTConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Stitch optimised segments and invert the whole piece at once.
+    """Stitch optimised segments, blend them with the content's mel by the
+    configured strength, and invert the whole piece at once.
 
-    Returns ``(waveform (n_samples,), stitched mel (n_mels, n_frames))``; the
-    waveform is scaled down only if it would clip.
+    ``content`` is the content waveform the segments were cut from: the output
+    has its length, and with ``phase="content"`` its phase. Returns
+    ``(waveform (n_samples,), rendered mel (n_mels, n_frames))``; the waveform
+    is scaled down only if it would clip.
     """
     from amnst import audio, invert
 
+    spectrum = audio.stft(content, audio_config)
+    content_mel = audio.mel_from_stft(spectrum, audio_config)
     # A linearly parameterised target (the seed preset) can step below zero,
     # which no spectrum has.
-    mel = np.maximum(audio.stitch(segments, n_frames, audio_config), 0.0)
+    mel = np.maximum(audio.stitch(segments, content_mel.shape[1], audio_config), 0.0)
+    mel = audio.blend(content_mel, mel, nst_config.strength)
     if nst_config.inversion == "fast":
-        y = invert.mel_to_audio(mel, audio_config, n_iter=nst_config.griffin_lim_iters,
-                                length=n_samples, seed=nst_config.seed)
+        y = invert.mel_to_audio(mel, audio_config, n_iter=nst_config.griffin_lim_iters, length=len(content),
+                                seed=nst_config.seed, reference=spectrum if nst_config.phase == "content" else None)
     else:
         y = invert.reference_mel_to_audio(mel, audio_config, n_iter=nst_config.griffin_lim_iters,
-                                          length=n_samples, seed=nst_config.seed)
+                                          length=len(content), seed=nst_config.seed)
     return audio.prevent_clipping(np.asarray(y, np.float32)), mel
 
 
@@ -100,8 +106,7 @@ def transfer_pair(content: np.ndarray, style: np.ndarray, preset: Preset, transf
     seconds["optimise"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    y, mel = render(result.mels, content_piece.n_frames, content_piece.n_samples,
-                    preset.audio, preset.nst)
+    y, mel = render(result.mels, content, preset.audio, preset.nst)
     seconds["invert"] = time.perf_counter() - clock
     return PairOutcome(y, mel, result, seconds)
 
@@ -215,12 +220,12 @@ def analyse_pair(job: PairJob, weights: Weights,
                         n_segments=len(piece.segments), seconds=time.perf_counter() - clock), piece.segments
 
 
-_TRANSFERS: dict[tuple[str, NSTConfig], StyleTransfer] = {}
+_TRANSFERS: dict[tuple[str, AudioConfig, NSTConfig], StyleTransfer] = {}
 
 
-def cached_transfer(weights: Weights, config: NSTConfig) -> StyleTransfer:
+def cached_transfer(weights: Weights, preset: Preset) -> StyleTransfer:
     """The compiled NST for these weights and configuration, built once per process."""
-    key = (weights.id, config)
+    key = (weights.id, preset.audio, preset.nst)
     if key not in _TRANSFERS:
         from amnst.model import load_model
         from amnst.nst import StyleTransfer
@@ -234,7 +239,7 @@ def cached_transfer(weights: Weights, config: NSTConfig) -> StyleTransfer:
                 local = Path(folder) / f"weights{suffix}"
                 local.write_bytes(storage.read_bytes(weights.uri))
                 model = load_model(local, seed=weights.seed, name=weights.uri)
-        _TRANSFERS[key] = StyleTransfer(model, config)
+        _TRANSFERS[key] = StyleTransfer(model, preset.nst, audio=preset.audio)
     return _TRANSFERS[key]
 
 
@@ -243,7 +248,7 @@ def style_targets_for(style_uri: str, preset: Preset, weights: Weights) -> Style
     from amnst import audio
 
     y = audio.load(storage.read_bytes(style_uri), preset.audio, name=style_uri)
-    return cached_transfer(weights, preset.nst).style_targets(analyse(y, preset.audio).segments)
+    return cached_transfer(weights, preset).style_targets(analyse(y, preset.audio).segments)
 
 
 def optimise_segments(segments: np.ndarray, start: int, targets: StyleTargets,
@@ -251,7 +256,7 @@ def optimise_segments(segments: np.ndarray, start: int, targets: StyleTargets,
     """Optimise ``segments``, the piece's segments from index ``start`` on
     (their indices seed random starts)."""
     clock = time.perf_counter()
-    result = cached_transfer(weights, preset.nst).optimise(
+    result = cached_transfer(weights, preset).optimise(
         segments, targets, indices=np.arange(start, start + len(segments)))
     return SegmentsResult(start, result, time.perf_counter() - clock)
 
@@ -274,13 +279,14 @@ def render_pair(job: PairJob, info: AnalysisInfo, parts: list[SegmentsResult],
     seconds: dict[str, float] = {}
     parts = sorted(parts, key=lambda part: part.start)
     result = concat_results([part.result for part in parts])
-    with timed(seconds, "invert"):
-        y, mel = render(result.mels, info.n_frames, info.n_samples, job.preset.audio, job.preset.nst)
-    with timed(seconds, "encode"):
-        encoded = audio.encode(y, job.preset.audio.sample_rate, fmt)
     with timed(seconds, "quality"):
         content, style = (audio.load(storage.read_bytes(uri), job.preset.audio, name=uri)
                           for uri in (job.content_uri, job.style_uri))
+    with timed(seconds, "invert"):
+        y, mel = render(result.mels, content, job.preset.audio, job.preset.nst)
+    with timed(seconds, "encode"):
+        encoded = audio.encode(y, job.preset.audio.sample_rate, fmt)
+    with timed(seconds, "quality"):
         measures = quality.assess_with_references(y, content, style, job.preset.audio, optimised_mel=mel)
     with timed(seconds, "write"):
         storage.write_bytes(job.output_uri, encoded)

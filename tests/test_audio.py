@@ -373,3 +373,13 @@ def test_prevent_clipping(clip):
     assert np.max(np.abs(audio.prevent_clipping(loud, ceiling=0.5))) == pytest.approx(0.5)
     assert audio.prevent_clipping(clip) is clip  # peak 0.8 is already below the ceiling
     assert audio.prevent_clipping(np.zeros(0, np.float32)).size == 0
+
+
+def test_blend_is_a_dry_wet_control_in_decibels():
+    rng = np.random.default_rng(0)
+    content, transferred = rng.uniform(0.01, 1, (2, 8, 5)).astype(np.float32)
+    assert np.array_equal(audio.blend(content, transferred, 0.0), content)
+    assert np.array_equal(audio.blend(content, transferred, 1.0), transferred)
+    np.testing.assert_allclose(audio.blend(content, transferred, 0.5), np.sqrt(content * transferred), rtol=1e-5)
+    with pytest.raises(ValueError, match="strength"):
+        audio.blend(content, transferred, 1.5)
