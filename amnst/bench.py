@@ -7,6 +7,7 @@ same machine, so figures from different machines can be compared as ratios.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import platform
@@ -127,7 +128,7 @@ def bench_nst(quick: bool = False) -> dict[str, Any]:
     content = audio.segment(audio.mel_spectrogram(content_y, preset.audio), preset.audio)[:NST_BATCH]
     style = audio.segment(audio.mel_spectrogram(style_y, preset.audio), preset.audio)[:NST_BATCH]
 
-    transfer = StyleTransfer(model, preset.nst)
+    transfer = StyleTransfer(model, preset.nst, audio=preset.audio)
     targets = transfer.style_targets(style)
     transfer.optimise(content, targets)  # traces and warms the compiled step
     compiled = best_of(repeats, lambda: transfer.optimise(content, targets))
@@ -326,7 +327,8 @@ E2E_GPU_STAGES = ("style", "optimise")
 
 
 def bench_e2e(quick: bool = False, seconds: tuple[float, ...] = E2E_SECONDS,
-              segments_per_task: int | None = None, workers: int = 0, rounds: int = 1) -> dict[str, Any]:
+              segments_per_task: int | None = None, workers: int = 0, rounds: int = 1,
+              baseline: str | None = None) -> dict[str, Any]:
     """Seconds of compute per second of audio, stage by stage, for pairs of each length.
 
     One pair per length (``E2E_PAIR`` synthesized, as wav files in a
@@ -348,6 +350,10 @@ def bench_e2e(quick: bool = False, seconds: tuple[float, ...] = E2E_SECONDS,
     total beside it.
     The spread is the costliest length's cost per audio second over the
     cheapest's, minus one.
+    ``baseline``: a variant (``"base:key=value,..."``, as ``bench quality``
+    takes) timed alike in the same rounds, each of its pairs right after the
+    default's of the same length; ``cost_ratio`` is the default's total over
+    the baseline's, per length.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
@@ -356,25 +362,36 @@ def bench_e2e(quick: bool = False, seconds: tuple[float, ...] = E2E_SECONDS,
     from amnst.pipeline import Weights
     from amnst.ray_runner import RunOptions
 
-    preset = get_preset("default")
+    presets = [get_preset("default")] + ([_variant(baseline)] if baseline else [])
     if quick:
-        preset, seconds = preset.with_overrides(iterations=2), (4.0, 8.0)
+        presets, seconds = [p.with_overrides(iterations=2) for p in presets], (4.0, 8.0)
+    preset = presets[0]
     width = segments_per_task or RunOptions.segments_per_task
     weights = Weights.locate(None, preset.nst.seed)
-    with tempfile.TemporaryDirectory() as folder, _optimise_runner(workers, preset, weights) as optimise:
-        for warm_up in (preset.audio.segment_seconds, preset.audio.segment_seconds / 2):
-            _e2e_pair(_e2e_job(Path(folder), warm_up, preset), weights, width, optimise, copies=max(1, workers))
-        jobs = [_e2e_job(Path(folder), s, preset) for s in seconds]
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
+        runners = [stack.enter_context(_optimise_runner(workers, p, weights)) for p in presets]
+        for p, optimise in zip(presets, runners):
+            for warm_up in (p.audio.segment_seconds, p.audio.segment_seconds / 2):
+                _e2e_pair(_e2e_job(Path(folder), warm_up, p), weights, width, optimise, copies=max(1, workers))
+        jobs = [[_e2e_job(Path(folder), s, p) for p in presets] for s in seconds]
         # Lengths in turn, round after round: a drift in this shared machine's
         # speed then falls on every length alike instead of on one.
-        timed_rounds = [[_e2e_pair(job, weights, width, optimise) for job in jobs] for _ in range(rounds)]
-    rows = [_median_round(list(length_rows)) for length_rows in zip(*timed_rounds)]
+        timed_rounds = [[[_e2e_pair(job, weights, width, optimise) for job, optimise in zip(length, runners)]
+                         for length in jobs] for _ in range(rounds)]
+    by_preset = [[_median_round([r[length][k] for r in timed_rounds]) for length in range(len(seconds))]
+                 for k in range(len(presets))]
+    rows = by_preset[0]
     costs = [row["total_per_audio_second"] for row in rows]
     per_segment = [row["seconds"]["optimise"] / row["segments"] for row in rows]
+    compared = {}
+    if baseline:
+        compared = {"baseline": {"variant": baseline, "pairs": by_preset[1]},
+                    "cost_ratio": [row["total_per_audio_second"] / base["total_per_audio_second"]
+                                   for row, base in zip(rows, by_preset[1])]}
     return {
         "benchmark": "e2e", "machine": machine(), "preset": preset.name, "iterations": preset.nst.iterations,
         "segments_per_task": width, "workers": workers, "rounds": rounds, "target_per_audio_second": E2E_TARGET,
-        "spread_target": E2E_SPREAD_TARGET, "pairs": rows,
+        "spread_target": E2E_SPREAD_TARGET, "pairs": rows, **compared,
         "within_target": [cost <= E2E_TARGET for cost in costs],
         "spread": max(costs) / min(costs) - 1,
         "spread_by_stage": {stage: _spread([row["per_audio_second"][stage] for row in rows])
@@ -426,6 +443,11 @@ def e2e_table(figures: dict[str, Any]) -> str:
     if figures.get("rounds", 1) > 1:
         lines.append(f"| total in each of {figures['rounds']} rounds (median above) | " + " | ".join(
             ", ".join(f"{cost:.3f}" for cost in r["round_totals_per_audio_second"]) for r in rows) + " | |")
+    if "baseline" in figures:
+        lines.append("| baseline total | " + " | ".join(
+            f"{r['total_per_audio_second']:.3f}" for r in figures["baseline"]["pairs"]) + " | |")
+        lines.append("| **cost over the baseline's** | " + " | ".join(
+            f"**{ratio:.2f}x**" for ratio in figures["cost_ratio"]) + " | |")
     return "\n".join(lines)
 
 
@@ -555,8 +577,13 @@ QUALITY_TARGETS = {"chroma_similarity": 0.95, "onset_correlation": 0.8, "mfcc_pr
 
 def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "default"),
                   variants: tuple[str, ...] = (), weights: str | None = None,
-                  seconds: float = 10.0) -> dict[str, Any]:
+                  seconds: float = 10.0, frontier: bool = False, plot: str | None = None) -> dict[str, Any]:
     """Every preset (and variant) over the synthesized evaluation set, with reference rows.
+
+    With ``frontier``: instead, the trade-off yardstick (:mod:`amnst.frontier`):
+    the mix and every design of ``frontier.DESIGNS`` (and variant) swept over
+    their strengths, with margins over the mix frontier; ``plot`` is where
+    the picture goes (none if not given).
 
     A variant is ``"base:key=value,key=value"`` (base preset, then overrides).
     Reference rows: the content itself; a plain mix (0.7 content + 0.3
@@ -565,22 +592,17 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
     long-term spectrum. Returns per-pair rows and per-method means.
     """
     from amnst import quality
-    from amnst.config import parse_layers
     from amnst.model import load_model
     from amnst.pipeline import transfer_pair
 
     pairs = synth.EVALUATION_PAIRS[:3] if quick else synth.EVALUATION_PAIRS
+    if frontier:
+        return _bench_frontier(pairs, variants, weights, seconds, plot, quick)
     methods = {name: get_preset(name) for name in presets}
-    for variant in variants:
-        base, _, settings = variant.partition(":")
-        overrides = {}
-        for item in filter(None, settings.split(",")):
-            key, _, value = item.partition("=")
-            overrides[key] = parse_layers(value.replace("+", ",")) if key.endswith("_layers") else _scalar(value)
-        methods[variant] = get_preset(base).with_overrides(**overrides)
+    methods.update({variant: _variant(variant) for variant in variants})
     if quick:
         methods = {name: p.with_overrides(iterations=min(p.nst.iterations, 10)) for name, p in methods.items()}
-    transfers = {name: StyleTransfer(load_model(weights, seed=p.nst.seed), p.nst) for name, p in methods.items()}
+    transfers = {name: StyleTransfer(load_model(weights, seed=p.nst.seed), p.nst, audio=p.audio) for name, p in methods.items()}
     reference_config = get_preset("default").audio
     for name, preset in methods.items():
         # Untimed: a method's first call traces its step, and its first pair would pay for it.
@@ -613,67 +635,34 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
             "rows": rows, "summary": _quality_summary(rows)}
 
 
-# The direct moves bench frontier tries: equalising strengths, and texture
-# levels in units of the plain mix's style level.
-FRONTIER_STRENGTHS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
-FRONTIER_TEXTURE_GAINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+def _bench_frontier(pairs: list[synth.EvaluationPair], variants: tuple[str, ...], weights: str | None,
+                    seconds: float, plot: str | None, quick: bool) -> dict[str, Any]:
+    """``bench quality --frontier``: see :func:`bench_quality`."""
+    from amnst import frontier
+
+    methods = [*frontier.DESIGNS, *(frontier.Method(v, _variant(v)) for v in variants)]
+    strengths = frontier.STRENGTHS
+    if quick:
+        methods = [dataclasses.replace(m, preset=m.preset.with_overrides(iterations=min(m.preset.nst.iterations, 4)))
+                   for m in methods[:2]]
+        strengths = (0.0, 0.5, 1.0)
+    figures = frontier.run(methods, pairs, seconds, weights, strengths)
+    if plot:
+        frontier.plot(figures, plot)
+    return {"benchmark": "quality-frontier", "machine": machine(), "seconds_per_pair": seconds,
+            "weights": weights, "plot": plot, **figures}
 
 
-def bench_frontier(quick: bool = False, seconds: float = 10.0) -> dict[str, Any]:
-    """Whether the quality targets can be met together on each evaluation pair by
-    the direct moves toward the style, with no CNN: the content equalised toward the
-    style's spectrum (``quality.equalised`` at each of ``FRONTIER_STRENGTHS``) plus a
-    texture, the style itself or its ``quality.stationary_texture``, at each of
-    ``FRONTIER_TEXTURE_GAINS`` times the plain mix's style level. Gain 1 of the style
-    at strength 0 is the plain mix itself.
+def _variant(text: str) -> Preset:
+    """A variant ``"base:key=value,key=value"``: the base preset with overrides."""
+    from amnst.config import parse_layers
 
-    Per pair: the best MFCC progress among moves that keep chroma, onsets and noise
-    on target, and how many moves meet every target.
-    """
-    from amnst import quality
-
-    pairs = synth.EVALUATION_PAIRS[:3] if quick else synth.EVALUATION_PAIRS
-    strengths, gains = ((0.0, 1.0), (0.0, 1.0)) if quick else (FRONTIER_STRENGTHS, FRONTIER_TEXTURE_GAINS)
-    config = get_preset("default").audio
-    rows = []
-    for pair in pairs:
-        content, style = synth.evaluation_pair(pair.name, seconds)
-        anchors = quality.Anchors.of(content, style, config)
-        mix = quality.measure(quality.plain_mix(content, style), anchors, config)
-        textures = {"style": np.resize(style, content.shape),
-                    "stationary": quality.stationary_texture(style, len(content), config)}
-        moves = []
-        for strength in strengths:
-            equalised = quality.equalised(content, style, config, strength=strength)
-            for (texture, y), gain in itertools.product(textures.items(), gains):
-                if gain == 0 and texture != "style":
-                    continue  # no texture at all: one move, not one per texture
-                output = audio.prevent_clipping(quality.MIX_CONTENT_GAIN * equalised
-                                                + gain * (1 - quality.MIX_CONTENT_GAIN) * y, quality.CLIP_HEADROOM)
-                measures = quality.measure(output, anchors, config)
-                moves.append({"strength": strength, "texture": texture, "gain": gain, **measures,
-                              "met": _targets_met(measures, mix)})
-        keeping = [m for m in moves if m["met"]["chroma"] and m["met"]["onset"] and m["met"]["noise"]]
-        best = max(keeping, key=lambda m: m["mfcc_progress"], default=None)
-        rows.append({"pair": pair.name, "mix_mfcc_progress": mix["mfcc_progress"], "moves": len(moves),
-                     "moves_meeting_all": sum(all(m["met"].values()) for m in moves),
-                     "best_keeping": None if best is None else {k: v for k, v in best.items() if k != "met"}})
-    return {"benchmark": "frontier", "machine": machine(), "seconds_per_pair": seconds, "rows": rows,
-            "pairs_with_a_move_meeting_all": sum(row["moves_meeting_all"] > 0 for row in rows)}
-
-
-def frontier_table(figures: dict[str, Any]) -> str:
-    """One line per pair: the mix's MFCC progress, the best move keeping the other targets, moves meeting all."""
-    lines = [f"{'pair':24}{'mix MFCC':>10}{'best MFCC keeping chroma, onset, noise':>40}  moves meeting all"]
-    for row in figures["rows"]:
-        best = row["best_keeping"]
-        move = "-" if best is None else (f"{best['mfcc_progress']:.3f} (strength {best['strength']:g}, "
-                                         f"{best['texture']} x{best['gain']:g})")
-        lines.append(f"{row['pair']:24}{row['mix_mfcc_progress']:>10.3f}{move:>40}  "
-                     f"{row['moves_meeting_all']} of {row['moves']}")
-    lines.append(f"pairs where some move meets every target: {figures['pairs_with_a_move_meeting_all']} "
-                 f"of {len(figures['rows'])}")
-    return "\n".join(lines)
+    base, _, settings = text.partition(":")
+    overrides = {}
+    for item in filter(None, settings.split(",")):
+        key, _, value = item.partition("=")
+        overrides[key] = parse_layers(value.replace("+", ",")) if key.endswith("_layers") else _scalar(value)
+    return get_preset(base).with_overrides(**overrides)
 
 
 def _scalar(text: str) -> int | float | bool | str:
@@ -808,5 +797,5 @@ def bench_reliability(quick: bool = False) -> dict[str, Any]:
 
 BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
     "nst": bench_nst, "invert": bench_invert, "pipeline": bench_pipeline, "e2e": bench_e2e,
-    "capacity": bench_capacity, "quality": bench_quality, "frontier": bench_frontier, "train": bench_train,
+    "capacity": bench_capacity, "quality": bench_quality, "train": bench_train,
     "reliability": bench_reliability}

@@ -121,14 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help='a preset with overrides, e.g. "default:style_weight=100,style_layers=4+8"')
     quality.add_argument("--weights", help="CNN weights for every method (default: seeded random)")
     quality.add_argument("--seconds", type=_positive_float, default=10.0, help="length of each pair (s)")
-    frontier = _add_bench_parser(
-        bench_commands, "frontier", "whether the quality targets can be met together by direct moves toward the style",
-        "3 pairs, 4 moves each (smoke test)",
-        description="Over the evaluation set, with no CNN: the content equalised toward the style's spectrum "
-                    "(strength 0 to 1) plus a texture, the style itself or a stationary noise of its spectrum "
-                    "(0 to 3 times the plain mix's style level). Per pair, the best MFCC progress among moves "
-                    "that keep chroma, onsets and noise on target, and how many moves meet every target.")
-    frontier.add_argument("--seconds", type=_positive_float, default=10.0, help="length of each pair (s)")
+    quality.add_argument("--frontier", action="store_true",
+                         help="instead, sweep each design's strength and the plain mix's style share, and "
+                              "report each design's margin over the mix frontier (docs/quality.md)")
+    quality.add_argument("--plot", help="with --frontier: write the curves to this PNG (default: beside --json)")
     e2e = _add_bench_parser(
         bench_commands, "e2e", "seconds of compute per second of audio, stage by stage, for pairs of each length",
         "2 iterations, pairs of 4 and 8 s (smoke test)",
@@ -142,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--workers", type=int, default=0,
                      help="run the optimise tasks as amnst run does, as one-CPU Ray tasks on a local instance "
                           "of this many CPUs (default 0: in this process)")
+    e2e.add_argument("--baseline", help='a variant timed alike in the same rounds, with the cost ratio, '
+                                        'e.g. "default:iterations=20" (as bench quality --variant)')
     e2e.add_argument("--rounds", type=_positive_int, default=1,
                      help="time every length this many times, lengths in turn, and report each length's "
                           "median round (default 1)")
@@ -264,6 +262,9 @@ def add_nst_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--style-weight", type=float)
     parser.add_argument("--spectral-style-weight", type=float,
                         help="weight of the log-mel band Gram style loss (default preset: 0)")
+    parser.add_argument("--strength", type=float,
+                        help="how far toward the style, 0 (the content's own reconstruction) to 1 "
+                             "(the full transfer); default: the preset's")
     parser.add_argument("--init", help="starting target: content, style, zero or random")
     parser.add_argument("--lr", type=float, dest="learning_rate", help="learning rate")
     parser.add_argument("--seed", type=int, help="random seed")
@@ -274,8 +275,8 @@ def preset_from_args(args: argparse.Namespace) -> Any:
     from amnst.config import ConfigError, get_preset, parse_layers
 
     overrides: dict[str, Any] = {}
-    for name in ("iterations", "content_weight", "style_weight", "spectral_style_weight", "init", "learning_rate",
-                 "seed"):
+    for name in ("iterations", "content_weight", "style_weight", "spectral_style_weight", "strength", "init",
+                 "learning_rate", "seed"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     try:
@@ -379,7 +380,7 @@ def run_transfer(content_path: Path, style_path: Path, output: Path, preset: Any
     except (AudioError, WeightsError) as error:
         raise CommandError(str(error)) from None
     loaded = time.perf_counter() - started
-    transfer = StyleTransfer(model, preset.nst)
+    transfer = StyleTransfer(model, preset.nst, audio=preset.audio)
 
     segments = audio.num_segments(audio.num_frames(len(content), preset.audio), preset.audio)
     total = segments * preset.nst.iterations
@@ -471,17 +472,17 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 def command_bench(args: argparse.Namespace) -> int:
-    from amnst import bench
+    from amnst import bench, frontier
 
     options = {}
     if args.benchmark == "quality":
         options = dict(presets=tuple(args.presets or ("seed", "default")), variants=tuple(args.variant),
-                       weights=args.weights, seconds=args.seconds)
-    elif args.benchmark == "frontier":
-        options = dict(seconds=args.seconds)
+                       weights=args.weights, seconds=args.seconds, frontier=args.frontier,
+                       plot=args.plot or (str(Path(args.json).with_suffix(".png")) if args.frontier and args.json
+                                          else None))
     elif args.benchmark == "e2e":
         options = dict(seconds=tuple(args.seconds), segments_per_task=args.segments_per_task, workers=args.workers,
-                       rounds=args.rounds)
+                       rounds=args.rounds, baseline=args.baseline)
     elif args.benchmark == "capacity":
         options = dict(e2e=args.e2e, pairs=args.pairs, pair_seconds=args.pair_seconds,
                        window_hours=args.window_hours, gpu=args.gpu)
@@ -489,9 +490,10 @@ def command_bench(args: argparse.Namespace) -> int:
             options["gpu_fraction"] = args.gpu_fraction
     figures = bench.BENCHMARKS[args.benchmark](quick=args.quick, **options)
     text = json.dumps(figures, indent=2)
-    tables = {"quality": bench.quality_table, "frontier": bench.frontier_table, "e2e": bench.e2e_table,
+    tables = {"quality": bench.quality_table, "quality-frontier": frontier.table, "e2e": bench.e2e_table,
               "reliability": lambda figures: figures["table"]}
-    print(tables[args.benchmark](figures) if args.benchmark in tables else text)
+    kind = figures.get("benchmark", args.benchmark)
+    print(tables[kind](figures) if kind in tables else text)
     if args.json:
         Path(args.json).write_text(text + "\n")
     return EXIT_OK

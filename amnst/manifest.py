@@ -41,7 +41,7 @@ from amnst.config import ConfigError, Preset, parse_layers
 PAIR_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 OVERRIDE_COLUMNS = ("content_weight", "style_weight", "iterations", "content_layers",
-                    "style_layers", "init", "seed")
+                    "style_layers", "init", "seed", "strength")
 COLUMNS = ("pair_id", "content", "style") + OVERRIDE_COLUMNS
 
 # Each stem of a derived pair_id is cut to this length, so that
@@ -304,6 +304,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "content_layers": _parse_layers,
     "style_layers": _parse_layers,
     "init": _parse_text,
+    "strength": _parse_float,  # in [0, 1]: NSTConfig judges the range
 }
 
 

@@ -289,6 +289,7 @@ class _Driver:
             "preset": job.preset.name, "config_json": _config_json(job.preset),
             "model_id": self.weights.id, "output_uri": job.output_uri if status != "failed" else None,
             "status": status, "error": error, "iterations": job.preset.nst.iterations,
+            "strength": job.preset.nst.strength,
             "started_at": state.started_at, "finished_at": datetime.now(timezone.utc),
         }
         if info is not None:

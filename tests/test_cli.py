@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from amnst import synth
-from amnst.cli import build_parser, main
+from amnst import nightly, synth
+from amnst.cli import build_parser, main, preset_from_args, run_options_from_args
+from amnst.config import get_preset
 from tests.conftest import write_wav
 
 
@@ -79,6 +80,9 @@ def test_bad_input_gives_one_line_naming_it(inputs, tmp_path, capsys, case, role
     (["--lr", "0"], "learning_rate"),
     (["--content-weight", "-1"], "content_weight"),
     (["--preset", "seed", "--spectral-style-weight", "1"], 'needs gram_norm="positions"'),
+    (["--strength", "1.5"], "strength=1.5 must be in [0, 1]"),
+    (["--strength", "-0.1"], "strength=-0.1 must be in [0, 1]"),
+    (["--strength", "nan"], "strength=nan must be in [0, 1]"),
 ])
 def test_bad_option_values_are_refused_before_any_work(inputs, tmp_path, capsys, option, message):
     content, style = inputs
@@ -86,6 +90,38 @@ def test_bad_option_values_are_refused_before_any_work(inputs, tmp_path, capsys,
     assert main(["transfer", str(content), str(style), "-o", str(out), *option]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["transfer", "c.wav", "s.wav", "-o", "o.wav"],
+                                     ["run", "m.csv", "--output", "out"]])
+def test_strength_reaches_the_preset(command, capsys):
+    parser = build_parser()
+    assert preset_from_args(parser.parse_args(command)).nst.strength == get_preset("default").nst.strength
+    assert preset_from_args(parser.parse_args([*command, "--strength", "0.25"])).nst.strength == 0.25
+    assert preset_from_args(parser.parse_args([*command, "--preset", "seed", "--strength", "0"])).nst.strength == 0
+    with pytest.raises(SystemExit):
+        parser.parse_args([*command[:1], "--help"])
+    assert "--strength" in capsys.readouterr().out
+
+
+def test_run_and_nightly_carry_strength_into_their_options(tmp_path):
+    run = build_parser().parse_args(["run", "m.csv", "--output", str(tmp_path), "--strength", "0.5"])
+    assert run_options_from_args(run).preset.nst.strength == 0.5
+    night = nightly.build_parser().parse_args(["--manifests", str(tmp_path), "--output", str(tmp_path),
+                                               "--strength", "0.75"])
+    assert run_options_from_args(night).preset.nst.strength == 0.75
+
+
+def test_run_and_nightly_refuse_a_bad_strength_before_starting(tmp_path, capsys):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("content,style\na.wav,b.wav\n")
+    out = tmp_path / "out"
+    assert main(["run", str(manifest), "--output", str(out), "--strength", "1.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["amnst: error: strength=1.5 must be in [0, 1]"]
+    assert nightly.main(["--manifests", str(tmp_path), "--output", str(out), "--strength", "-0.1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["nightly: error: strength=-0.1 must be in [0, 1]"]
     assert not out.exists()
 
 
@@ -101,7 +137,7 @@ def test_bad_output_name_and_missing_weights(inputs, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", [[], ["transfer"], ["run"], ["assess"], ["demo"], ["weights"], ["weights", "import"],
                                      ["bench"], ["bench", "nst"], ["bench", "invert"], ["bench", "pipeline"], ["bench", "quality"],
-                                     ["bench", "frontier"], ["bench", "e2e"], ["bench", "capacity"], ["report"]])
+                                     ["bench", "e2e"], ["bench", "capacity"], ["report"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([*command, "--help"])

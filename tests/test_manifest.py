@@ -128,6 +128,35 @@ def test_each_bad_row_fails_alone(tmp_path: Path, fmt: str) -> None:
     assert by_row[11].pair_id is None and by_row[14].pair_id is None
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_strength_column_applies_to_its_row_and_a_bad_one_fails_alone(tmp_path: Path, fmt: str) -> None:
+    good = {"content": "a.wav", "style": "b.wav"}
+    # Text in every format, as CSV gives it; typed values are in test_typed_values.
+    items = read(write_manifest(tmp_path / f"m.{fmt}", [
+        {**good, "pair_id": "half", "strength": "0.5"},
+        {**good, "pair_id": "dry", "strength": "0"},
+        {**good, "pair_id": "base", "strength": None},
+        {**good, "pair_id": "over", "strength": "1.5"},
+        {**good, "pair_id": "under", "strength": "-0.1"},
+        {**good, "pair_id": "word", "strength": "loud"},
+        {**good, "pair_id": "nan", "strength": "nan"},
+    ]))
+    pairs = {item.pair_id: item for item in items if isinstance(item, Pair)}
+    assert list(pairs) == ["half", "dry", "base"]
+    assert pairs["half"].overrides == {"strength": 0.5}
+    assert pairs["half"].preset == BASE.with_overrides(strength=0.5) and pairs["half"].preset.nst.strength == 0.5
+    assert pairs["dry"].preset.nst.strength == 0.0
+    assert pairs["base"].overrides == {} and pairs["base"].preset == BASE
+    assert only_errors(items) == {
+        4: "row 4: strength=1.5 must be in [0, 1]",
+        5: "row 5: strength=-0.1 must be in [0, 1]",
+        6: "row 6: strength='loud' is not a finite number",
+        7: "row 7: strength='nan' is not a finite number",
+    }
+    # Each bad row keeps its own id, for its failure's record.
+    assert [item.pair_id for item in items if isinstance(item, RowError)] == ["over", "under", "word", "nan"]
+
+
 def test_a_row_reports_all_its_problems(tmp_path: Path) -> None:
     uri = write_manifest(tmp_path / "m.jsonl", [{"content": "a.wav", "colour": "red",
                                                  "iterations": 1.5}])
@@ -169,13 +198,13 @@ def test_typed_values(tmp_path: Path, fmt: str) -> None:
     """JSON and Parquet carry numbers and lists: integral floats count as integers."""
     uri = write_manifest(tmp_path / f"m.{fmt}", [
         {"content": "a.wav", "style": "b.wav", "iterations": 50.0, "seed": 2.0,
-         "content_layers": [0, 2], "content_weight": 3.0},
+         "content_layers": [0, 2], "content_weight": 3.0, "strength": 1},
         {"content": "c.wav", "style": "b.wav", "iterations": 50.5, "seed": None,
-         "content_layers": [1], "content_weight": None},
+         "content_layers": [1], "content_weight": None, "strength": None},
     ])
     pair, error = read(uri)
     assert pair.overrides == {"iterations": 50, "seed": 2, "content_layers": (0, 2),
-                              "content_weight": 3.0}
+                              "content_weight": 3.0, "strength": 1.0}
     assert isinstance(pair.overrides["iterations"], int)
     assert error.reason == "row 2: iterations=50.5 is not an integer"
 

@@ -54,8 +54,8 @@ def write_inputs(pairs: int = 2, seconds: float = 6.0) -> list[str]:
     return rows
 
 
-def write_manifest(rows: list[str], key: str = "inputs/manifest.csv") -> str:
-    return put(key, ("pair_id,content,style\n" + "\n".join(rows) + "\n").encode())
+def write_manifest(rows: list[str], key: str = "inputs/manifest.csv", header: str = "pair_id,content,style") -> str:
+    return put(key, (header + "\n" + "\n".join(rows) + "\n").encode())
 
 
 def pairs_table(output: str) -> dict[str, dict]:
@@ -90,7 +90,9 @@ def test_tasks_run_tensorflow_on_the_cpus_they_were_given(local_ray):
 
 
 def test_a_manifest_in_s3_runs_and_its_records_read_back(local_ray, s3_bucket):
-    manifest = write_manifest(write_inputs(2))
+    # p0 overrides strength; p1 leaves its cell empty, so takes the preset's.
+    p0, p1 = write_inputs(2)
+    manifest = write_manifest([f"{p0},0.25", f"{p1},"], header="pair_id,content,style,strength")
     output = f"{BUCKET}/out"
     summary = run_manifest(manifest, RunOptions(output, PRESET, max_in_flight=8))
     assert summary.exit_status == 0 and summary.progress.ok == 2
@@ -108,6 +110,7 @@ def test_a_manifest_in_s3_runs_and_its_records_read_back(local_ray, s3_bucket):
         assert all(row[name] is not None for name in metadata.QUALITY_COLUMNS)
         assert 0 < row["chroma_similarity"] <= 1 and row["peak"] < 1
         assert row["schema_version"] == metadata.SCHEMA_VERSION
+    assert rows["p0"]["strength"] == 0.25 and rows["p1"]["strength"] == PRESET.nst.strength
     segments = metadata.read_table(output, "segments").to_pylist()
     assert sorted((s["pair_id"], s["segment_index"]) for s in segments) == [
         ("p0", 0), ("p0", 1), ("p1", 0), ("p1", 1)]
@@ -143,6 +146,10 @@ def test_bad_rows_and_inputs_fail_alone(local_ray, s3_bucket):
     reasons = {r["row"]: r["error"] for r in table if r["status"] == "failed"}
     assert "silent" in reasons[2] and "cannot decode" in reasons[3] and "no such" in reasons[4]
     assert "duplicate" in reasons[5] and "row 6" in reasons[6]
+    # Strength is recorded wherever the row's preset is known: not for a bad manifest row.
+    strengths = {r["row"]: r["strength"] for r in table}
+    assert strengths[1] == strengths[2] == PRESET.nst.strength
+    assert strengths[5] is None and strengths[6] is None
     outputs = [uri for uri in (r["output_uri"] for r in table) if uri]
     assert outputs == [f"{output}/audio/p0.wav"]
     listed = boto3.client("s3").list_objects_v2(Bucket="amnst-test", Prefix="out/audio/")["Contents"]

@@ -1,0 +1,129 @@
+"""The transfer's objectives and its strength knob: the seed preset kept exactly,
+the music-only content loss and the random networks, strength's ends and its
+direction, and the frontier's margins."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from amnst import frontier, model, synth
+from amnst.config import AudioConfig, ConfigError, NSTConfig, get_preset
+from amnst.nst import StyleTransfer
+from amnst.pipeline import analyse, render, transfer_pair
+from tests.conftest import segments_of
+
+
+@pytest.fixture(scope="module")
+def random_cnn():
+    return model.build_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def pair() -> tuple[np.ndarray, np.ndarray]:
+    return synth.evaluation_pair("pop-piano_rain", 4.0)
+
+
+def test_the_seed_preset_is_the_original_algorithm_exactly():
+    # SEED_FACTS: power mel, 431-frame segments cut without overlap, the UI's defaults,
+    # pooled un-normalised Grams, SGD, librosa's inversion from random phase; nothing added.
+    seed = get_preset("seed")
+    assert seed.audio == AudioConfig(sample_rate=22050, n_fft=1024, hop_length=256, n_mels=384, fmin=0.0,
+                                     fmax=None, segment_frames=431, overlap_frames=0, mel_power=2.0,
+                                     fit_segments=False)
+    expected = dict(content_layers=(0, 2), style_layers=(4, 8, 12, 16), content_weight=50.0, style_weight=10.0,
+                    iterations=100, learning_rate=1e-3, decay_steps=10, decay_rate=1.0, optimizer="sgd",
+                    init="content", parameterization="linear", content_input="mel", style_input="mel",
+                    gram_norm="none", spectral_style_weight=0.0, random_style_weight=0.0, pitch_weight=0.0,
+                    onset_weight=0.0, relative_loss=False, inversion="librosa", griffin_lim_iters=32,
+                    phase="random", strength=1.0)
+    assert {name: getattr(seed.nst, name) for name in expected} == expected
+    assert seed.nst == NSTConfig()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(strength=1.5), "strength"), (dict(strength=-0.1), "strength"), (dict(strength=float("nan")), "strength"),
+    (dict(phase="style"), "phase"), (dict(pitch_weight=-1.0), "pitch_weight"), (dict(onset_weight=-1.0), "onset_weight"),
+    (dict(random_style_weight=-1.0), "random_style_weight"),
+])
+def test_new_settings_are_validated(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        get_preset("default").with_overrides(**overrides)
+    with pytest.raises(ConfigError, match="needs"):
+        get_preset("seed").with_overrides(random_style_weight=1.0)
+    with pytest.raises(ConfigError, match="needs"):
+        get_preset("seed").with_overrides(phase="content")
+
+
+def test_the_music_loss_is_blind_to_level_and_binds_the_notes(random_cnn, music_and_rain):
+    cfg = get_preset("default").with_overrides(style_weight=0.0, spectral_style_weight=0.0,
+                                                random_style_weight=0.0).nst
+    transfer = StyleTransfer(random_cnn, cfg)
+    content = segments_of(music_and_rain[0], "default", 2)
+    targets = transfer.style_targets(segments_of(music_and_rain[1], "default"))
+    assert np.all(transfer.loss(content, content, targets)[1] < 1e-6)
+    # A gain is no change of notes or onsets; another piece is.
+    assert np.all(transfer.loss(4.0 * content, content, targets)[1] < 1e-4)
+    other = segments_of(synth.music(7.0, seed=9), "default", 2)[:, :, :content.shape[2]]
+    assert np.all(transfer.loss(other, content, targets)[1] > 1.0)
+
+
+def test_random_networks_add_their_grams_and_the_loss_falls(random_cnn, music_and_rain):
+    cfg = get_preset("default").with_overrides(iterations=8).nst
+    transfer = StyleTransfer(random_cnn, cfg)
+    targets = transfer.style_targets(segments_of(music_and_rain[1], "default"))
+    assert len(targets.grams) == len(cfg.style_layers) + 1 + 3
+    assert targets.grams[-1].shape == (64, 64)
+    result = transfer.optimise(segments_of(music_and_rain[0], "default", 2), targets)
+    assert np.all(result.loss[-1] < result.loss[0])
+
+
+def test_strength_0_returns_the_contents_own_reconstruction(random_cnn, pair):
+    content, style = pair
+    preset = get_preset("default").with_overrides(iterations=3, strength=0.0)
+    outcome = transfer_pair(content, style, preset, StyleTransfer(random_cnn, preset.nst))
+    reconstruction, mel = render(analyse(content, preset.audio).segments, content, preset.audio, preset.nst)
+    assert np.array_equal(outcome.audio, reconstruction)
+    assert np.array_equal(outcome.mel, mel)
+
+
+def test_progress_does_not_fall_as_strength_rises(random_cnn, pair):
+    content, style = pair
+    method = frontier.Method("default", get_preset("default"))
+    rows = frontier.sweep_pair("pop-piano_rain", content, style, [method],
+                               {"default": StyleTransfer(random_cnn, method.preset.nst)}, strengths=(0.0, 0.5, 1.0))
+    mine = [row for row in rows if row["method"] == "default"]
+    for measure in frontier.STYLE_MEASURES:
+        progress = [row[measure] for row in mine]
+        assert all(b >= a - 0.02 for a, b in zip(progress, progress[1:])), (measure, progress)
+        assert progress[-1] > 0.05, (measure, progress)
+
+
+def _row(method, level, chroma, onsets, progress):
+    return {"pair": "p", "method": method, "level": level, "chroma_similarity": chroma,
+            "onset_correlation": onsets, **{m: progress for m in frontier.STYLE_MEASURES}}
+
+
+def test_the_margin_is_progress_beyond_the_best_mix_keeping_as_much():
+    mixes = [_row("mix", 0.0, 1.0, 1.0, 0.0), _row("mix", 0.3, 0.98, 0.9, 0.2), _row("mix", 0.6, 0.9, 0.7, 0.5)]
+    rows = frontier.with_margins(mixes + [_row("m", 1.0, 0.97, 0.85, 0.3), _row("m", 0.5, 0.99, 0.95, 0.1)])
+    margins = {row["level"]: row["margin_mfcc_progress"] for row in rows if row["method"] == "m"}
+    # At 0.97 / 0.85 the 0.3 mix qualifies (0.98 / 0.9), the 0.6 one does not: 0.3 - 0.2.
+    assert margins[1.0] == pytest.approx(0.1)
+    # At 0.99 / 0.95 only the content itself qualifies.
+    assert margins[0.5] == pytest.approx(0.1)
+    assert frontier.best_at_floors([_row("m", 1.0, 0.9, 0.9, 0.4)], "mfcc_progress") is None
+    summary = frontier.summarise(rows)
+    assert summary["curves"]["m"][-1]["pairs_beating_mix"] == 1
+    assert summary["floors"]["mix"]["mfcc_progress"] == {"median": 0.2, "pairs_reaching_floors": 1}
+
+
+def test_a_stopping_knob_scales_the_iterations():
+    method = frontier.Method("b", get_preset("default"), knob="stop")
+    assert method.at(0.4).nst.iterations == round(0.4 * 35)
+    assert method.at(0.4).nst.strength == 1.0
+    assert frontier.Method("a", get_preset("default")).at(0.4).nst.strength == 0.4
+    with pytest.raises(ValueError, match="knob"):
+        dataclasses.replace(method, knob="dial")
