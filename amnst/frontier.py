@@ -18,8 +18,9 @@ auditory texture statistics), none of them a representation any loss optimises.
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,9 +86,10 @@ DESIGNS = _designs()
 
 
 def sweep_pair(name: str, content: np.ndarray, style: np.ndarray, methods: Iterable[Method],
-               transfers: dict[str, Any], strengths: tuple[float, ...] = STRENGTHS) -> list[dict[str, Any]]:
+               transfer_for: Callable[[Preset], Any], strengths: tuple[float, ...] = STRENGTHS) -> list[dict[str, Any]]:
     """Every measure of the mix at each of ``MIX_SHARES`` and of each method at each
-    strength, on one pair: one row each, with ``pair``, ``method`` and ``level``."""
+    strength, on one pair: one row each, with ``pair``, ``method`` and ``level``.
+    ``transfer_for`` gives the compiled ``StyleTransfer`` of a preset."""
     from amnst.nst import optimise_piece
     from amnst.pipeline import analyse, render
 
@@ -101,13 +103,13 @@ def sweep_pair(name: str, content: np.ndarray, style: np.ndarray, methods: Itera
         if preset.audio not in anchors:
             anchors[preset.audio] = quality.Anchors.of(content, style, preset.audio)
         segments = analyse(content, preset.audio).segments
-        targets = transfers[method.name].style_targets(analyse(style, preset.audio).segments)
+        targets = transfer_for(preset).style_targets(analyse(style, preset.audio).segments)
         optimised = None
         for strength in strengths:
             chosen = method.at(strength)
             start = time.perf_counter()
             if optimised is None or method.knob == "stop":
-                optimised = optimise_piece(transfers[method.name], segments, targets) if chosen.nst.iterations \
+                optimised = optimise_piece(transfer_for(chosen), segments, targets) if chosen.nst.iterations \
                     else None
             mels = segments if optimised is None else optimised.mels
             y, mel = render(mels, content, chosen.audio, chosen.nst)
@@ -186,12 +188,20 @@ def run(methods: list[Method], pairs: list[synth.EvaluationPair], seconds: float
     from amnst.model import load_model
     from amnst.nst import StyleTransfer
 
-    transfers = {m.name: StyleTransfer(load_model(weights, seed=m.preset.nst.seed), m.preset.nst,
-                                       audio=m.preset.audio) for m in methods}
+    transfers: dict[Preset, StyleTransfer] = {}
+
+    def transfer_for(preset: Preset) -> StyleTransfer:
+        # The strength knob changes no compiled step; the stopping knob's
+        # iteration counts each get one (a key by name would share them).
+        key = dataclasses.replace(preset, name="", nst=dataclasses.replace(preset.nst, strength=1.0))
+        if key not in transfers:
+            transfers[key] = StyleTransfer(load_model(weights, seed=preset.nst.seed), preset.nst, audio=preset.audio)
+        return transfers[key]
+
     rows = []
     for pair in pairs:
         content, style = synth.evaluation_pair(pair.name, seconds)
-        rows.extend(sweep_pair(pair.name, content, style, methods, transfers, strengths))
+        rows.extend(sweep_pair(pair.name, content, style, methods, transfer_for, strengths))
     rows = with_margins(rows)
     return {"rows": rows, **summarise(rows), "strengths": list(strengths), "mix_shares": list(MIX_SHARES),
             "floors_used": FLOORS}

@@ -47,10 +47,6 @@ ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-8
 # to 380 ms) from the log-mel's bands to this many ReLU filters. Seeded apart
 # from the quality measures' independent network (``quality.INDEPENDENT_NETWORK_SEED``).
 RANDOM_NET_DILATIONS = (1, 4, 16)
-# ``init="mix"`` starts from this share of the style's mel, brought to the
-# content's level, added to the rest of the content's, as a plain mix of the
-# waveforms would (for uncorrelated sounds, magnitude mels add about so).
-MIX_INIT_SHARE = 0.5
 RANDOM_NET_FILTERS = 64
 RANDOM_NET_SEED = 2019
 
@@ -349,7 +345,9 @@ class StyleTransfer:
             # quieter than the content would otherwise swamp it or vanish.
             level = content_segments.mean(axis=(1, 2), keepdims=True) / (style.mean(axis=(1, 2), keepdims=True)
                                                                           + RELATIVE_FLOOR)
-            return ((1.0 - MIX_INIT_SHARE) * content_segments + MIX_INIT_SHARE * level * style).astype(np.float32)
+            # As a plain mix of the waveforms would: for uncorrelated sounds, magnitude mels add about so.
+            share = self.config.init_style_share
+            return ((1.0 - share) * content_segments + share * level * style).astype(np.float32)
         if init == "zero":
             return np.zeros_like(content_segments, dtype=np.float32)
         noise = [np.random.default_rng([self.config.seed, int(i)]).standard_normal(
