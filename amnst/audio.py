@@ -30,6 +30,12 @@ class AudioError(ValueError):
     """Input audio that cannot be used; the message starts with the input's name."""
 
 
+class AudioWarning(UserWarning):
+    """Input audio that is used, with something its owner should know (a truncated
+    file); the message starts with the input's name. Raised with ``warnings.warn``:
+    callers that record warnings catch it (``pipeline.render_pair``, ``amnst transfer``)."""
+
+
 def decode(source: str | Path | bytes, name: str | None = None) -> tuple[np.ndarray, int]:
     """Decode wav, flac, ogg or mp3 from a path or from the file's bytes.
 
@@ -43,6 +49,8 @@ def decode(source: str | Path | bytes, name: str | None = None) -> tuple[np.ndar
         handle: io.BytesIO | str = io.BytesIO(source)
     else:
         path = Path(source)
+        if path.is_dir():
+            raise AudioError(f"{label}: is a directory")
         if not path.is_file():
             raise AudioError(f"{label}: no such file")
         if path.stat().st_size == 0:
@@ -55,7 +63,38 @@ def decode(source: str | Path | bytes, name: str | None = None) -> tuple[np.ndar
         raise AudioError(f"{label}: cannot decode audio ({error.error_string})") from None
     except (RuntimeError, TypeError, ValueError) as error:
         raise AudioError(f"{label}: cannot decode audio ({error})") from None
+    promised = _promised_wav_frames(source)
+    if promised is not None and promised > len(data):
+        warnings.warn(AudioWarning(
+            f"{label}: truncated: its header promises {promised} frames ({promised / sample_rate:.2f} s), "
+            f"the file holds {len(data)} ({len(data) / sample_rate:.2f} s)"), stacklevel=2)
     return np.ascontiguousarray(data.T), int(sample_rate)
+
+
+def _promised_wav_frames(source: str | Path | bytes) -> int | None:
+    """The frames a RIFF/WAVE file's ``data`` chunk header declares; None for another
+    format, an unreadable header, or a streaming writer's unknown length (0 or 2**32 - 1).
+
+    libsndfile reads a truncated WAV up to where its bytes end without a word:
+    only the header still says how long it was meant to be.
+    """
+    with (io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")) as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while len(chunk := handle.read(8)) == 8:
+            kind, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if kind == b"fmt ":
+                block_align = int.from_bytes(handle.read(16)[12:14], "little")
+                handle.seek(size - 16 + (size & 1), io.SEEK_CUR)
+            elif kind == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF) or head[:4] == b"RF64":
+                    return None
+                return size // block_align
+            else:
+                handle.seek(size + (size & 1), io.SEEK_CUR)
+    return None
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:

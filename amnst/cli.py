@@ -7,12 +7,18 @@ Heavy libraries (TensorFlow, librosa) are imported inside the commands, so
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from amnst.config import SEED_LIMIT
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 OUTPUT_FORMATS = (".wav", ".flac")
@@ -26,10 +32,25 @@ class CommandError(Exception):
         self.status = status
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, reporting a bad command line in one line, ``PROG: error: MESSAGE``, exit status 2.
+
+    The usage (a dozen lines for the batch commands) is left to ``--help``, so
+    that a refused option reads like every other refusal: one line that names
+    the option and the reason. Sub-command parsers take this class too.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # a refused command line (its line is printed), or --help
+        return _exit_status(exit_)
     try:
         return args.command(args)
     except CommandError as error:
@@ -40,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _exit_status(exit_: SystemExit) -> int:
+    return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE if exit_.code else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="amnst", description="Ambience-to-music neural style transfer.")
+    parser = OneLineParser(prog="amnst", description="Ambience-to-music neural style transfer.")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     transfer = commands.add_parser("transfer", help="transfer one style recording onto one piece of music",
@@ -134,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "second of audio, the 0.5 target, and how cost per audio second spreads across lengths.")
     e2e.add_argument("--seconds", type=_positive_float, nargs="+", default=[10.0, 30.0, 120.0],
                      help="pair lengths (s)")
-    e2e.add_argument("--segments-per-task", type=int, help="segments per optimise call (default: amnst run's)")
-    e2e.add_argument("--workers", type=int, default=0,
+    e2e.add_argument("--segments-per-task", type=_positive_int,
+                     help="segments per optimise call (default: amnst run's)")
+    e2e.add_argument("--workers", type=_non_negative_int, default=0,
                      help="run the optimise tasks as amnst run does, as one-CPU Ray tasks on a local instance "
                           "of this many CPUs (default 0: in this process)")
     e2e.add_argument("--baseline", help='a variant timed alike in the same rounds, with the cost ratio, '
@@ -150,12 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "store, driver and storage budgets for a batch, from `amnst bench e2e` figures and a "
                     "GPU rate, measured on the card (--gpu) or assumed (--gpu-fraction).")
     capacity.add_argument("--e2e", help="figures of `amnst bench e2e --json` (default: measure a 30 s pair)")
-    capacity.add_argument("--pairs", type=int, default=100_000, help="pairs in the batch")
+    capacity.add_argument("--pairs", type=_positive_int, default=100_000, help="pairs in the batch")
     capacity.add_argument("--pair-seconds", type=_positive_float, default=180.0, help="length of each pair (s)")
     capacity.add_argument("--window-hours", type=_positive_float, default=8.0, help="time to finish it (h)")
     gpu_rate = capacity.add_mutually_exclusive_group()
     gpu_rate.add_argument("--gpu", help="figures of `python -m amnst.xla_replay --json` measured on the card")
-    gpu_rate.add_argument("--gpu-fraction", type=_positive_float,
+    gpu_rate.add_argument("--gpu-fraction", type=_unit_fraction,
                           help="assume this sustained fraction of the H100's FP32 rate (default: 0.2)")
     export = bench_commands.add_parser(
         "export-xla", help="write the GPU stages as XLA programs, to time on a card with `amnst.xla_replay`",
@@ -194,14 +220,16 @@ def add_training_commands(commands: Any) -> None:
                     "OUTPUT/model_card.json and one Parquet row per epoch under OUTPUT/_amnst/training/.")
     train.add_argument("--data", required=True, help="dataset folder: local, file:// or s3://")
     train.add_argument("--output", required=True, help="output folder: local, file:// or s3://")
-    train.add_argument("--workers", type=int, default=1, help="Ray Train workers")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--gpus-per-worker", type=float, default=0.0)
-    train.add_argument("--cpus-per-worker", type=float, default=1.0)
-    train.add_argument("--batch-size", type=int, default=32, help="global batch, over all workers")
-    train.add_argument("--lr", type=float, default=1e-3, dest="learning_rate", help="initial learning rate")
-    train.add_argument("--val-fraction", type=float, default=0.1, help="share of each genre's tracks held out")
-    train.add_argument("--seed", type=int, default=0, help="initial weights, split and batch order")
+    train.add_argument("--workers", type=_positive_int, default=1, help="Ray Train workers")
+    train.add_argument("--epochs", type=_positive_int, default=30)
+    train.add_argument("--gpus-per-worker", type=_non_negative_float, default=0.0)
+    train.add_argument("--cpus-per-worker", type=_positive_float, default=1.0)
+    train.add_argument("--batch-size", type=_positive_int, default=32, help="global batch, over all workers")
+    train.add_argument("--lr", type=_positive_float, default=1e-3, dest="learning_rate",
+                       help="initial learning rate")
+    train.add_argument("--val-fraction", type=_open_fraction, default=0.1,
+                       help="share of each genre's tracks held out")
+    train.add_argument("--seed", type=_seed, default=0, help="initial weights, split and batch order")
     train.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     train.set_defaults(command=command_train)
 
@@ -213,8 +241,8 @@ def add_training_commands(commands: Any) -> None:
     evaluate.add_argument("--data", required=True, help="dataset folder: local, file:// or s3://")
     evaluate.add_argument("--weights", required=True, help=".weights.h5 or .npz, local or s3://")
     evaluate.add_argument("--split", choices=("all", "val"), default="all")
-    evaluate.add_argument("--val-fraction", type=float, default=0.1)
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--val-fraction", type=_open_fraction, default=0.1)
+    evaluate.add_argument("--seed", type=_seed, default=0)
     evaluate.set_defaults(command=command_evaluate)
 
 
@@ -222,24 +250,30 @@ def add_run_options(parser: argparse.ArgumentParser, metrics_job: str) -> None:
     """Where a batch writes, how it runs on Ray, its metrics, and the NST options."""
     parser.add_argument("--output", required=True, help="output prefix: a folder, file:// or s3:// URI")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--segments-per-task", type=int, default=1, help="segments per optimise task")
-    parser.add_argument("--num-gpus-per-task", type=float, default=0.0,
+    parser.add_argument("--segments-per-task", type=_positive_int, default=1, help="segments per optimise task")
+    parser.add_argument("--num-gpus-per-task", type=_non_negative_float, default=0.0,
                         help="GPUs per optimise task (fractional ok)")
-    parser.add_argument("--num-cpus-per-task", type=float, default=1.0, help="CPUs per task")
-    parser.add_argument("--max-in-flight", type=int, default=32, help="most tasks outstanding at once")
+    parser.add_argument("--num-cpus-per-task", type=_positive_float, default=1.0, help="CPUs per task")
+    parser.add_argument("--max-in-flight", type=_int_at_least(2), default=32,
+                        help="most tasks outstanding at once (at least 2)")
     parser.add_argument("--format", choices=("wav", "flac"), default="wav", help="output audio format")
-    parser.add_argument("--metadata-flush-seconds", type=float, default=30.0,
+    parser.add_argument("--metadata-flush-seconds", type=_non_negative_float, default=30.0,
                         help="write finished pairs' records at least this often (default 30); a driver "
                              "killed mid-run loses at most this much of its record, whose pairs the "
                              "rerun computes again")
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port while running")
+    parser.add_argument("--metrics-port", type=_port,
+                        help="serve Prometheus /metrics on this port while running (0: any free port)")
     parser.add_argument("--pushgateway", help="push the outcome to this Pushgateway (host:port or URL)")
     parser.add_argument("--metrics-job", default=metrics_job, help=f"Pushgateway job name (default: {metrics_job})")
     add_nst_options(parser)
 
 
 def run_options_from_args(args: argparse.Namespace) -> Any:
-    """The RunOptions that ``add_run_options`` describes; bad values raise CommandError."""
+    """The RunOptions that ``add_run_options`` describes; bad values raise CommandError.
+
+    Looks at no file: ``amnst submit`` judges a job's options with it on a
+    machine that may not see the job's files (``check_batch_paths`` does that).
+    """
     from amnst import storage
     from amnst.ray_runner import RunOptions
 
@@ -250,6 +284,20 @@ def run_options_from_args(args: argparse.Namespace) -> Any:
                           metadata_flush_seconds=args.metadata_flush_seconds)
     except (ValueError, storage.StorageError) as error:
         raise CommandError(str(error), EXIT_USAGE) from None
+
+
+def check_batch_paths(args: argparse.Namespace, manifest: str | None = None) -> None:
+    """The local paths of a batch, before Ray starts: the output prefix is a folder, the weights
+    a file and ``manifest`` (if given) a readable manifest; S3 ones are checked when read."""
+    from amnst.manifest import ManifestError, check_manifest
+
+    check_folder(args.output)
+    check_input_file(args.weights, "no such weight file")
+    if manifest is not None:
+        try:
+            check_manifest(manifest)
+        except ManifestError as error:
+            raise CommandError(str(error)) from None
 
 
 def add_nst_options(parser: argparse.ArgumentParser) -> None:
@@ -267,11 +315,15 @@ def add_nst_options(parser: argparse.ArgumentParser) -> None:
                              "(the full transfer); default: the preset's")
     parser.add_argument("--init", help="starting target: content, style, zero or random")
     parser.add_argument("--lr", type=float, dest="learning_rate", help="learning rate")
-    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--seed", type=int, help="random seed, 0 to 2**32 - 1")
 
 
 def preset_from_args(args: argparse.Namespace) -> Any:
-    """The named preset with the options given on the command line applied."""
+    """The named preset with the options given on the command line applied.
+
+    NSTConfig judges every value (the rules the manifest's overrides meet too);
+    a bad one raises CommandError with exit status 2, before any file is read.
+    """
     from amnst.config import ConfigError, get_preset, parse_layers
 
     overrides: dict[str, Any] = {}
@@ -293,6 +345,11 @@ def command_transfer(args: argparse.Namespace) -> int:
     if output.suffix.lower() not in OUTPUT_FORMATS:
         raise CommandError(f"{output}: output must end in {' or '.join(OUTPUT_FORMATS)}", EXIT_USAGE)
     preset = preset_from_args(args)
+    # Options first, then the files they name: nothing is decoded before all are judged.
+    check_output_file(output)
+    for path in (args.content, args.style):
+        check_input_file(path)
+    check_input_file(args.weights, "no such weight file")
     run_transfer(Path(args.content), Path(args.style), output, preset, args.weights)
     return EXIT_OK
 
@@ -300,6 +357,7 @@ def command_transfer(args: argparse.Namespace) -> int:
 def command_demo(args: argparse.Namespace) -> int:
     from amnst.demo import write_demo
 
+    check_folder(args.output)
     manifest = write_demo(Path(args.output), args.seconds)
     print(f"wrote {manifest}; run it with: amnst run {manifest} --output out")
     return EXIT_OK
@@ -313,6 +371,7 @@ def command_run(args: argparse.Namespace) -> int:
     from amnst.ray_runner import connect, run_manifest
 
     options = run_options_from_args(args)
+    check_batch_paths(args, args.manifest)
     if args.metrics_port is not None:
         metrics.serve(args.metrics_port)
     connect(args.address)
@@ -369,12 +428,15 @@ def run_transfer(content_path: Path, style_path: Path, output: Path, preset: Any
     from amnst.audio import AudioError
     from amnst.model import WeightsError, load_model
     from amnst.nst import StyleTransfer, piece_loss_curve
-    from amnst.pipeline import Weights, transfer_pair
+    from amnst.pipeline import Weights, noticed, transfer_pair
 
     started = time.perf_counter()
     try:
-        content = audio.load(content_path, preset.audio, name=str(content_path))
-        style = audio.load(style_path, preset.audio, name=str(style_path))
+        with noticed() as notices:
+            content = audio.load(content_path, preset.audio, name=str(content_path))
+            style = audio.load(style_path, preset.audio, name=str(style_path))
+        for notice in notices:
+            print(f"warning: {notice}", file=sys.stderr)
         model = load_model(weights, seed=preset.nst.seed)
         model_id = Weights.locate(weights, preset.nst.seed).id
     except (AudioError, WeightsError) as error:
@@ -411,6 +473,8 @@ def command_assess(args: argparse.Namespace) -> int:
     from amnst.config import get_preset
 
     config = get_preset("default").audio
+    for path in (args.output, args.content, args.style):
+        check_input_file(path)
     try:
         signals = [audio.load(Path(path), config, name=path) for path in (args.output, args.content, args.style)]
     except audio.AudioError as error:
@@ -423,6 +487,8 @@ def command_weights_import(args: argparse.Namespace) -> int:
     from amnst.model import WeightsError, import_original_weights
     from amnst.pipeline import Weights
 
+    check_input_file(args.original, "no such weight file")
+    check_output_file(args.out)
     try:
         model = import_original_weights(args.original, args.out)
     except WeightsError as error:
@@ -437,14 +503,11 @@ def command_train(args: argparse.Namespace) -> int:
 
     from amnst import storage
     from amnst.ray_runner import connect
-    from amnst.train import DatasetError, TrainOptions, train
+    from amnst.train import DatasetError, train
 
-    try:
-        options = TrainOptions(args.data, storage.check_uri(args.output), args.workers, args.epochs,
-                               args.batch_size, args.learning_rate, args.val_fraction, args.seed,
-                               args.cpus_per_worker, args.gpus_per_worker)
-    except (ValueError, storage.StorageError) as error:
-        raise CommandError(str(error), EXIT_USAGE) from None
+    options = train_options_from_args(args)
+    check_folder(args.data, EXIT_INPUT)
+    check_folder(args.output)
     connect(args.address)
     try:
         card = train(options)
@@ -459,11 +522,26 @@ def command_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def train_options_from_args(args: argparse.Namespace) -> Any:
+    """The TrainOptions of ``amnst train``'s arguments; bad values raise CommandError (looks at no file)."""
+    from amnst import storage
+    from amnst.train import TrainOptions
+
+    try:
+        return TrainOptions(args.data, storage.check_uri(args.output), args.workers, args.epochs,
+                            args.batch_size, args.learning_rate, args.val_fraction, args.seed,
+                            args.cpus_per_worker, args.gpus_per_worker)
+    except (ValueError, storage.StorageError) as error:
+        raise CommandError(str(error), EXIT_USAGE) from None
+
+
 def command_evaluate(args: argparse.Namespace) -> int:
     from amnst import storage
     from amnst.model import WeightsError
     from amnst.train import DatasetError, evaluate, format_evaluation
 
+    check_folder(args.data, EXIT_INPUT)
+    check_input_file(args.weights, "no such weight file")
     try:
         print(format_evaluation(evaluate(args.data, args.weights, args.split, args.val_fraction, args.seed)))
     except (DatasetError, WeightsError, storage.StorageError) as error:
@@ -474,6 +552,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
 def command_bench(args: argparse.Namespace) -> int:
     from amnst import bench, frontier
 
+    _check_bench_options(args)
     options = {}
     if args.benchmark == "quality":
         options = dict(presets=tuple(args.presets or ("seed", "default")), variants=tuple(args.variant),
@@ -499,9 +578,31 @@ def command_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_bench_options(args: argparse.Namespace) -> None:
+    """A benchmark's presets, variants and files, judged before it spends minutes measuring."""
+    from amnst.bench import _variant  # the one parser of "base:key=value,..."
+    from amnst.config import ConfigError, get_preset
+
+    try:
+        for name in getattr(args, "presets", None) or ():
+            get_preset(name)
+        for text in [*getattr(args, "variant", ()), *filter(None, [getattr(args, "baseline", None)])]:
+            try:
+                _variant(text)
+            except ConfigError as error:
+                raise ConfigError(f"variant {text!r}: {error}") from None
+    except ConfigError as error:
+        raise CommandError(str(error), EXIT_USAGE) from None
+    for name in ("e2e", "gpu"):
+        check_input_file(getattr(args, name, None))
+    for name in ("json", "plot"):
+        check_output_file(getattr(args, name, None))
+
+
 def command_export_xla(args: argparse.Namespace) -> int:
     from amnst.xla_export import DEFAULT_BATCHES, export_programs
 
+    check_folder(args.folder)
     folder = Path(args.folder)
     manifest = export_programs(folder, tuple(sorted(set(args.batches or DEFAULT_BATCHES))),
                                args.seconds, tf32=not args.no_tf32)
@@ -560,9 +661,10 @@ def _add_submit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
                         help="environment variable for the job, VALUE or else this shell's (repeatable; "
                              "names that look like secrets are refused)")
-    parser.add_argument("--entrypoint-num-cpus", type=float, help="CPUs reserved for the job's driver")
-    parser.add_argument("--entrypoint-num-gpus", type=float, help="GPUs reserved for the job's driver")
-    parser.add_argument("--entrypoint-memory", type=int, help="memory reserved for the job's driver, bytes")
+    parser.add_argument("--entrypoint-num-cpus", type=_non_negative_float, help="CPUs reserved for the job's driver")
+    parser.add_argument("--entrypoint-num-gpus", type=_non_negative_float, help="GPUs reserved for the job's driver")
+    parser.add_argument("--entrypoint-memory", type=_non_negative_int,
+                        help="memory reserved for the job's driver, bytes")
 
 
 def command_submit(args: argparse.Namespace) -> int:
@@ -576,6 +678,7 @@ def command_submit(args: argparse.Namespace) -> int:
            "metadata": _job_metadata(args.kind, job_args),
            **{name: getattr(args, name) for name in ("entrypoint_num_cpus", "entrypoint_num_gpus",
                                                      "entrypoint_memory") if getattr(args, name) is not None}}
+    _check_job_args(args.kind, job_args)
     address = args.address or os.environ.get("RAY_ADDRESS") or DEFAULT_JOB_SERVER
     try:
         client = _job_client(address)
@@ -595,6 +698,36 @@ def command_submit(args: argparse.Namespace) -> int:
     except (ConnectionError, RuntimeError) as error:
         # The server's answer may be a whole traceback: its last line names the cause.
         raise CommandError(f"{address}: {str(error).strip().splitlines()[-1]}") from None
+
+
+def _check_job_args(kind: str, job_args: list[str]) -> None:
+    """Judge the job's arguments as its script will, so that a bad value is refused here, in one
+    line with exit status 2, rather than by a job on the cluster. The job's files are not looked
+    at: they are where the cluster sees them, not necessarily here."""
+    from amnst import nightly, storage
+
+    if kind == "nightly":
+        parser, argv = nightly.build_parser(), job_args
+    else:
+        parser, argv = build_parser(), [{"nst": "run", "train": "train"}[kind], *job_args]
+    refusal = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(refusal):
+            job = parser.parse_args(argv)
+    except SystemExit as exit_:
+        if not exit_.code:  # -- --help: the job's own help was printed
+            raise
+        reason = refusal.getvalue().strip().partition(": error: ")[2] or refusal.getvalue().strip()
+        raise CommandError(f"{JOB_SCRIPTS[kind]}: {reason}", EXIT_USAGE) from None
+    try:
+        if kind == "train":
+            train_options_from_args(job)
+        else:
+            run_options_from_args(job)
+        if kind == "nightly":
+            storage.check_uri(job.manifests)
+    except (CommandError, storage.StorageError) as error:
+        raise CommandError(f"{JOB_SCRIPTS[kind]}: {error}", EXIT_USAGE) from None
 
 
 def _entrypoint(kind: str, job_args: list[str]) -> str:
@@ -782,18 +915,148 @@ def _outcome(info: Any) -> int:
     return status
 
 
+# --- option values ------------------------------------------------------------------------
+# The NST options (--iterations, the weights, --strength, --lr, --seed, the layer lists) are
+# parsed as plain numbers and judged by NSTConfig, the one place their rules live, for the
+# command line, the manifest's overrides and the jobs alike (preset_from_args). These types
+# judge the options that set no NST parameter, as argparse errors: one line, exit status 2.
+
+def _number(text: str) -> float:
+    """A finite float: NaN and the infinities are no count, rate, share or duration."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} is below {minimum}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} is not positive")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} is not positive")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _open_fraction(text: str) -> float:
+    """A share strictly between 0 and 1 (e.g. of tracks held out)."""
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1)")
+    return value
+
+
+def _unit_fraction(text: str) -> float:
+    """A share above 0 and at most 1 (e.g. of a GPU's peak rate)."""
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value
+
+
+def _seed(text: str) -> int:
+    """A seed as NSTConfig takes it: NumPy's RandomState accepts [0, 2**32)."""
+    value = _integer(text)
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 2**32)")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _integer(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0 to 65535)")
+    return value
+
+
+# --- paths ---------------------------------------------------------------------------------
+# Local paths are looked at before any work (decoding, Ray); S3 URIs are checked where
+# they are read, as before, so that checking costs no request.
+
+def _local_path(uri: str, status: int) -> str | None:
+    """The local path that ``uri`` names (a plain path or file://), or None for an S3 URI."""
+    from amnst import storage
+
+    try:
+        normal = storage.check_uri(uri)
+    except storage.StorageError as error:
+        raise CommandError(str(error), status) from None
+    if normal.startswith("s3://"):
+        return None
+    return normal[len("file://"):] if normal.startswith("file://") else normal
+
+
+def check_input_file(uri: str | os.PathLike[str] | None, missing: str = "no such file") -> None:
+    """Refuse a local input that is a directory or is not there (exit status 1)."""
+    if uri is None:
+        return
+    uri = os.fspath(uri)
+    path = _local_path(uri, EXIT_INPUT)
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise CommandError(f"{uri}: is a directory", EXIT_INPUT)
+    if not os.path.exists(path):
+        raise CommandError(f"{uri}: {missing}", EXIT_INPUT)
+
+
+def check_output_file(uri: str | os.PathLike[str] | None) -> None:
+    """Refuse a local output file that is a directory (exit status 2): it could never be written."""
+    if uri is None:
+        return
+    uri = os.fspath(uri)
+    path = _local_path(uri, EXIT_USAGE)
+    if path is not None and os.path.isdir(path):
+        raise CommandError(f"{uri}: is a directory", EXIT_USAGE)
+
+
+def check_folder(uri: str | os.PathLike[str] | None, status: int = EXIT_USAGE) -> None:
+    """Refuse a local folder (an output prefix, a dataset) that is a file."""
+    if uri is None:
+        return
+    uri = os.fspath(uri)
+    path = _local_path(uri, status)
+    if path is not None and os.path.exists(path) and not os.path.isdir(path):
+        raise CommandError(f"{uri}: is not a directory", status)
 
 
 if __name__ == "__main__":

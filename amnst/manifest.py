@@ -99,11 +99,34 @@ def read_manifest(uri: str, base: Preset) -> Iterator[Pair | RowError]:
     Each row yields a :class:`Pair` with ``base``'s parameters overridden by
     the row's, or a :class:`RowError` that says what is wrong with it.
 
-    Raises :class:`ManifestError` at once for an unknown extension or a
-    manifest that does not exist, and while iterating for one that cannot be
-    decoded or has neither a ``content`` nor a ``style`` column.
+    Raises :class:`ManifestError` at once for an unknown extension, a
+    manifest that does not exist or a directory, and while iterating for one
+    that cannot be decoded or has neither a ``content`` nor a ``style`` column.
     """
-    reader = _reader_for(uri)
+    reader, anchor, fs, path = _open_manifest(uri)
+    return _pairs(anchor, base, _records(uri, reader, fs, path))
+
+
+def check_manifest(uri: str) -> None:
+    """Raise :class:`ManifestError` if ``uri`` can be told not to be a manifest without reading it.
+
+    Its extension, and for a local manifest what :func:`read_manifest` checks
+    before reading a row (that it exists and is not a directory); an S3 one is
+    checked when it is read, at no request here. The batch commands call it
+    before they start Ray.
+    """
+    try:
+        local = not storage.check_uri(uri).startswith("s3://")
+    except storage.StorageError as exc:
+        raise ManifestError(f"manifest {uri}: {exc}") from exc
+    if local:
+        _open_manifest(uri)
+    else:
+        _reader_for(uri)
+
+
+def _open_manifest(uri: str) -> tuple[_Reader, str, pafs.FileSystem, str]:
+    """The manifest's reader, its absolute URI, filesystem and path; ManifestError if unusable."""
     try:
         # Anchored at the working folder, a relative local manifest path still
         # resolves its rows to absolute paths, which any worker can open.
@@ -112,11 +135,16 @@ def read_manifest(uri: str, base: Preset) -> Iterator[Pair | RowError]:
         kind = fs.get_file_info(path).type
     except OSError as exc:  # StorageError included
         raise ManifestError(f"manifest {uri}: {exc}") from exc
+    # A folder is named as one whatever its name, before its "extension" is judged.
+    if kind == pafs.FileType.Directory:
+        raise ManifestError(f"manifest {uri}: is a directory")
+    reader = _reader_for(uri)
     if kind == pafs.FileType.NotFound:
-        raise ManifestError(f"manifest {uri} does not exist")
+        missing = "no such object" if anchor.startswith("s3://") else "no such file"
+        raise ManifestError(f"manifest {uri}: {missing}")
     if kind != pafs.FileType.File:
-        raise ManifestError(f"manifest {uri} is not a file")
-    return _pairs(anchor, base, _records(uri, reader, fs, path))
+        raise ManifestError(f"manifest {uri}: is not a file")
+    return reader, anchor, fs, path
 
 
 def derive_pair_id(content: str, style: str) -> str:
@@ -205,6 +233,11 @@ def _input_uri(record: dict[str, Any], name: str, manifest_uri: str,
         return None
     if not isinstance(value, str):
         problems.append(f"{name}={value!r} is not a URI")
+        return None
+    if value.endswith("/") or posixpath.basename(value) in (".", ".."):
+        # Resolving would drop the trailing "/" and leave a name that reads as a
+        # missing object; the row's author named a folder, so say that.
+        problems.append(f"{name}: {value}: is a directory")
         return None
     try:
         return storage.resolve(value, manifest_uri)  # refuses unsupported schemes too

@@ -177,9 +177,9 @@ def _now() -> datetime.datetime:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from amnst.cli import add_run_options
+    from amnst.cli import OneLineParser, add_run_options
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="jobs/nightly.py",
         description="Run every manifest due on DATE under --manifests into its own prefix under "
                     "--output, skipping pairs already done, and record the night under "
@@ -187,8 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "those under PREFIX/YYYY-MM-DD/ on that date. Exit status: 0 all ok or skipped, "
                     f"{EXIT_PARTIAL} some pairs or manifests failed, {EXIT_INPUT} the night could not start.")
     parser.add_argument("--manifests", required=True, help="URI prefix holding the manifests")
-    parser.add_argument("--date", type=datetime.date.fromisoformat,
-                        help="the night, YYYY-MM-DD (default: today in UTC)")
+    parser.add_argument("--date", type=_date, help="the night, YYYY-MM-DD (default: today in UTC)")
     add_run_options(parser, metrics_job="amnst_nightly")
     return parser
 
@@ -197,17 +196,24 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the job's arguments, run the night on Ray, print its outcome; return the exit status."""
     import ray
 
-    from amnst.cli import CommandError, _progress_printer, run_options_from_args
+    from amnst.cli import (CommandError, _exit_status, _progress_printer, check_batch_paths, check_folder,
+                           run_options_from_args)
     from amnst.ray_runner import connect
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # a refused command line (its line is printed), or --help
+        return _exit_status(exit_)
     date = args.date or _now().date()
+    # Every option, then the local paths, before Ray starts (as `amnst run` does).
     try:
         options = run_options_from_args(args)
         storage.check_uri(args.manifests)
+        check_folder(args.manifests)
+        check_batch_paths(args)
     except (storage.StorageError, CommandError) as error:
         print(f"nightly: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return error.status if isinstance(error, CommandError) else EXIT_USAGE
     if args.metrics_port is not None:
         metrics.serve(args.metrics_port)
     connect(args.address)
@@ -226,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
         metrics.push_batch_outcome(args.pushgateway, args.metrics_job, summary.total("ok"), failed,
                                    summary.total("skipped"), seconds)
     return summary.exit_status
+
+
+def _date(text: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from None
 
 
 def _describe(summary: NightSummary) -> str:

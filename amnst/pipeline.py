@@ -14,6 +14,7 @@ import hashlib
 import json
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -121,6 +122,23 @@ def timed(stages: dict[str, float], name: str) -> Iterator[None]:
         yield
     finally:
         stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def noticed() -> Iterator[list[str]]:
+    """Collect the :class:`amnst.audio.AudioWarning` messages raised in the block, in order,
+    instead of printing them; other warnings pass through."""
+    from amnst.audio import AudioWarning
+
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AudioWarning)
+        yield messages
+    for warning in caught:
+        if issubclass(warning.category, AudioWarning):
+            messages.append(str(warning.message))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 @dataclass(frozen=True)
@@ -279,7 +297,7 @@ def render_pair(job: PairJob, info: AnalysisInfo, parts: list[SegmentsResult],
     seconds: dict[str, float] = {}
     parts = sorted(parts, key=lambda part: part.start)
     result = concat_results([part.result for part in parts])
-    with timed(seconds, "quality"):
+    with timed(seconds, "quality"), noticed() as notices:
         content, style = (audio.load(storage.read_bytes(uri), job.preset.audio, name=uri)
                           for uri in (job.content_uri, job.style_uri))
     with timed(seconds, "invert"):
@@ -306,7 +324,7 @@ def render_pair(job: PairJob, info: AnalysisInfo, parts: list[SegmentsResult],
                 "gave_up": bool(part.result.gave_up[offset]),
                 "seconds": part.seconds / len(part.result.mels), "worker_node": part.node,
             })
-    return {**loss_record(result), **measures, "segments": segments,
+    return {**loss_record(result), **measures, "segments": segments, "warnings": notices or None,
             "seconds_optimise": sum(part.seconds for part in parts),
             "seconds_render": seconds["invert"] + seconds["encode"],
             "seconds_quality": seconds["quality"], "seconds_write": seconds["write"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import librosa
 import numpy as np
@@ -129,7 +130,7 @@ def test_zero_byte_file(tmp_path):
 def test_missing_file(tmp_path):
     path = tmp_path / "missing.wav"
     assert _error(path).startswith(f"{path}: no such file")
-    assert _error(tmp_path).startswith(f"{tmp_path}: no such file")  # a directory
+    assert _error(tmp_path) == f"{tmp_path}: is a directory"  # not "no such file"
 
 
 def test_random_bytes_named_mp3(tmp_path):
@@ -383,3 +384,14 @@ def test_blend_is_a_dry_wet_control_in_decibels():
     np.testing.assert_allclose(audio.blend(content, transferred, 0.5), np.sqrt(content * transferred), rtol=1e-5)
     with pytest.raises(ValueError, match="strength"):
         audio.blend(content, transferred, 1.5)
+
+
+def test_a_truncated_wav_decodes_with_a_warning_naming_the_shortfall(clip):
+    whole = audio.encode(clip, 22050, "wav")
+    with pytest.warns(audio.AudioWarning, match=r"cut\.wav: truncated: its header promises \d+ frames"):
+        y = audio.load(whole[:len(whole) // 2], AudioConfig(), name="cut.wav")
+    assert 0 < y.size < clip.size
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", audio.AudioWarning)
+        audio.load(whole, AudioConfig(), name="whole.wav")
+        audio.load(audio.encode(clip, 22050, "flac"), AudioConfig(), name="whole.flac")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +34,17 @@ def test_transfer_writes_audio_of_the_content_length(inputs, tmp_path, capsys, p
     assert np.all(np.isfinite(y)) and np.max(np.abs(y)) > 0.01
     summary = capsys.readouterr().out
     assert f"wrote {out}" in summary and "loss" in summary and "optimise" in summary
+
+
+def test_transfer_warns_of_a_truncated_input_and_uses_it(inputs, tmp_path, capsys):
+    content, style = inputs
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(content.read_bytes()[:content.stat().st_size // 2])
+    out = tmp_path / "out.wav"
+    assert main(["transfer", str(cut), str(style), "-o", str(out), "--iterations", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {cut}: truncated: its header promises 132300 frames (6.00 s)" in err
+    assert len(sf.read(out)[0]) < 132300
 
 
 def test_transfer_as_a_subprocess(inputs, tmp_path):
@@ -71,7 +83,28 @@ def test_bad_input_gives_one_line_naming_it(inputs, tmp_path, capsys, case, role
     assert not out.exists()
 
 
-@pytest.mark.parametrize("option, message", [
+def _status_and_errors(argv, capsys, run=main):
+    """The exit status of ``run(argv)`` (an argparse refusal exits) and its stderr lines."""
+    try:
+        status = run(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fails the test if any audio is decoded or any Ray instance is started."""
+    import amnst.audio
+    import amnst.ray_runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work began before every option was judged")
+    monkeypatch.setattr(amnst.audio, "decode", refuse)
+    monkeypatch.setattr(amnst.ray_runner, "connect", refuse)
+
+
+BAD_NST_OPTIONS = [
     (["--style-layers", "4,99"], "style_layers"),
     (["--content-layers", "a,b"], "comma-separated"),
     (["--init", "sideways"], "init"),
@@ -83,14 +116,151 @@ def test_bad_input_gives_one_line_naming_it(inputs, tmp_path, capsys, case, role
     (["--strength", "1.5"], "strength=1.5 must be in [0, 1]"),
     (["--strength", "-0.1"], "strength=-0.1 must be in [0, 1]"),
     (["--strength", "nan"], "strength=nan must be in [0, 1]"),
-])
-def test_bad_option_values_are_refused_before_any_work(inputs, tmp_path, capsys, option, message):
+    # Issue 17: each once ran (or failed late) instead of being refused here.
+    (["--seed", "-5"], "seed=-5 must be an integer in [0, 2**32)"),
+    (["--seed", "4294967296"], "seed=4294967296 must be an integer in [0, 2**32)"),
+    (["--content-weight", "inf"], "content_weight=inf must be finite"),
+    (["--style-weight", "nan"], "style_weight=nan must be finite"),
+    (["--spectral-style-weight=-inf"], "spectral_style_weight=-inf must be finite"),
+    (["--lr", "inf"], "learning_rate=inf must be finite"),
+    (["--strength", "inf"], "strength=inf must be in [0, 1]"),
+    (["--preset", "seed", "--style-layers", ""], "style_layers=() leaves no style loss"),
+    (["--style-layers", ""], "style_layers=() and content_layers=() cannot both be empty"),
+    (["--preset", "seed", "--content-weight", "0", "--style-weight", "0"], "no loss to optimise"),
+    (["--content-layers", "0,20"], "content_layers=(0, 20) holds 20"),
+    (["--style-layers", "-1"], "style_layers=(-1,) holds -1"),
+    (["--style-layers", "4,4"], "style_layers=(4, 4) has duplicates"),
+    (["--iterations", "1.5"], "argument --iterations: invalid int value: '1.5'"),
+    (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+]
+
+
+@pytest.mark.parametrize("content_exists", [True, False], ids=["content", "missing-content"])
+@pytest.mark.parametrize("option, message", BAD_NST_OPTIONS)
+def test_bad_option_values_are_refused_before_any_work(inputs, tmp_path, capsys, no_decoding, option, message,
+                                                       content_exists):
     content, style = inputs
+    content = content if content_exists else tmp_path / "missing.wav"
     out = tmp_path / "out.wav"
-    assert main(["transfer", str(content), str(style), "-o", str(out), *option]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0]
+    status, err = _status_and_errors(["transfer", str(content), str(style), "-o", str(out), *option], capsys)
+    # The option is named, not the missing file: it is judged before any file is looked at.
+    assert status == 2 and len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--seed", "-5"], "seed=-5"), (["--content-weight", "inf"], "content_weight=inf"),
+    (["--strength", "nan"], "strength=nan"), (["--preset", "seed", "--style-layers", ""], "no style loss"),
+    (["--segments-per-task", "0"], "argument --segments-per-task: 0 is not positive"),
+    (["--num-gpus-per-task", "-1"], "argument --num-gpus-per-task: -1 is negative"),
+    (["--num-cpus-per-task", "nan"], "argument --num-cpus-per-task: nan is not a finite number"),
+    (["--num-cpus-per-task", "0"], "argument --num-cpus-per-task: 0 is not positive"),
+    (["--max-in-flight", "1"], "argument --max-in-flight: 1 is below 2"),
+    (["--metadata-flush-seconds", "inf"], "argument --metadata-flush-seconds: inf is not a finite number"),
+    (["--metrics-port", "70000"], "argument --metrics-port: 70000 is not a port"),
+    (["--metrics-port", "-1"], "argument --metrics-port: -1 is not a port"),
+])
+def test_run_and_nightly_refuse_bad_values_before_ray(tmp_path, capsys, no_decoding, option, message):
+    missing = tmp_path / "missing.csv"  # the option is reported, not the manifest
+    out = tmp_path / "out"
+    status, err = _status_and_errors(["run", str(missing), "--output", str(out), *option], capsys)
+    assert status == 2 and len(err) == 1 and message in err[0], err
+    status, err = _status_and_errors(["--manifests", str(tmp_path), "--output", str(out), *option], capsys,
+                                     nightly.main)
+    assert status == 2 and len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--workers", "0"], "argument --workers: 0 is not positive"),
+    (["train", "--epochs", "-1"], "argument --epochs: -1 is not positive"),
+    (["train", "--gpus-per-worker", "nan"], "argument --gpus-per-worker: nan is not a finite number"),
+    (["train", "--cpus-per-worker", "0"], "argument --cpus-per-worker: 0 is not positive"),
+    (["train", "--batch-size", "0"], "argument --batch-size: 0 is not positive"),
+    (["train", "--lr", "inf"], "argument --lr: inf is not a finite number"),
+    (["train", "--val-fraction", "1"], "argument --val-fraction: 1 is not in (0, 1)"),
+    (["train", "--seed", "-1"], "argument --seed: -1 is not in [0, 2**32)"),
+    (["evaluate", "--weights", "w.npz", "--val-fraction", "nan"], "argument --val-fraction: nan is not a finite"),
+    (["evaluate", "--weights", "w.npz", "--seed", "4294967296"], "argument --seed: 4294967296 is not in"),
+    (["bench", "e2e", "--workers", "-1"], "argument --workers: -1 is negative"),
+    (["bench", "e2e", "--segments-per-task", "0"], "argument --segments-per-task: 0 is not positive"),
+    (["bench", "e2e", "--seconds", "10", "inf"], "argument --seconds: inf is not a finite number"),
+    (["bench", "e2e", "--rounds", "0"], "argument --rounds: 0 is not positive"),
+    (["bench", "capacity", "--pairs", "0"], "argument --pairs: 0 is not positive"),
+    (["bench", "capacity", "--pair-seconds", "nan"], "argument --pair-seconds: nan is not a finite number"),
+    (["bench", "capacity", "--window-hours", "-1"], "argument --window-hours: -1 is not positive"),
+    (["bench", "capacity", "--gpu-fraction", "2"], "argument --gpu-fraction: 2 is not in (0, 1]"),
+    (["bench", "quality", "--seconds", "nan"], "argument --seconds: nan is not a finite number"),
+    (["bench", "export-xla", "xla", "--batch", "0"], "argument --batch: 0 is not positive"),
+    (["demo", "--seconds", "inf"], "argument --seconds: inf is not a finite number"),
+    (["submit", "nst", "--entrypoint-num-cpus", "-1", "--", "m.csv"], "argument --entrypoint-num-cpus: -1 is negative"),
+    (["submit", "nst", "--entrypoint-memory", "-5", "--", "m.csv"], "argument --entrypoint-memory: -5 is negative"),
+    # A job's own arguments are judged as its script will judge them, before any server is asked.
+    (["submit", "nst", "--", "m.csv", "--output", "out", "--seed", "-5"],
+     "jobs/nst_batch.py: seed=-5 must be an integer in [0, 2**32)"),
+    (["submit", "nst", "--", "m.csv", "--output", "out", "--max-in-flight", "0"],
+     "jobs/nst_batch.py: argument --max-in-flight: 0 is below 2"),
+    (["submit", "train", "--", "--data", "d", "--output", "o", "--epochs", "0"],
+     "jobs/train_cnn.py: argument --epochs: 0 is not positive"),
+    (["submit", "nightly", "--", "--manifests", "m", "--output", "o", "--strength", "2"],
+     "jobs/nightly.py: strength=2.0 must be in [0, 1]"),
+])
+def test_every_numeric_option_refuses_nan_inf_and_meaningless_values(tmp_path, capsys, no_decoding, argv, message):
+    if argv[0] in ("train", "evaluate"):
+        argv = [*argv[:1], "--data", str(tmp_path / "data"), *(["--output", str(tmp_path / "o")]
+                                                                 if argv[0] == "train" else []), *argv[1:]]
+    if argv[0] == "submit":  # nothing listens there: the refusal must come first
+        argv = [*argv[:2], "--address", "http://127.0.0.1:9", *argv[2:]]
+    status, err = _status_and_errors(argv, capsys)
+    assert status == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_a_bad_bench_variant_is_refused_before_measuring(tmp_path, capsys, no_decoding):
+    status, err = _status_and_errors(["bench", "quality", "--variant", "default:seed=-1"], capsys)
+    assert status == 2 and err == ["amnst: error: variant 'default:seed=-1': seed=-1 must be an integer in [0, 2**32)"]
+    json_dir = tmp_path / "figures.json"
+    json_dir.mkdir()
+    status, err = _status_and_errors(["bench", "e2e", "--json", str(json_dir)], capsys)
+    assert status == 2 and err == [f"amnst: error: {json_dir}: is a directory"]
+
+
+def test_directories_and_missing_files_are_named_before_any_work(inputs, tmp_path, capsys, no_decoding):
+    content, style = inputs
+    folder = tmp_path / "folder.wav"
+    folder.mkdir()
+    out = tmp_path / "out.wav"
+    for args in ([folder, style], [content, folder]):
+        status, err = _status_and_errors(["transfer", *map(str, args), "-o", str(out)], capsys)
+        assert (status, err) == (1, [f"amnst: error: {folder}: is a directory"])
+    status, err = _status_and_errors(["transfer", str(content), str(style), "-o", str(folder)], capsys)
+    assert (status, err) == (2, [f"amnst: error: {folder}: is a directory"])
+    status, err = _status_and_errors(["transfer", str(content), str(style), "-o", str(out), "--weights",
+                                      str(tmp_path)], capsys)
+    assert (status, err) == (1, [f"amnst: error: {tmp_path}: is a directory"])
+    status, err = _status_and_errors(["assess", str(folder), str(content), str(style)], capsys)
+    assert (status, err) == (1, [f"amnst: error: {folder}: is a directory"])
+    assert not out.exists()
+
+    # A batch's manifest, output and weights, before Ray starts (no_decoding refuses connect).
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("content,style\na.wav,b.wav\n")
+    batch_out = tmp_path / "batch"
+    for argv, expected in [
+        ([str(tmp_path / "absent.csv")], (1, f"manifest {tmp_path / 'absent.csv'}: no such file")),
+        ([str(tmp_path)], (1, f"manifest {tmp_path}: is a directory")),
+        ([str(folder.with_name("m-folder.csv"))], None),
+        ([str(manifest), "--weights", str(tmp_path / "w.npz")], (1, f"{tmp_path / 'w.npz'}: no such weight file")),
+    ]:
+        if expected is None:
+            Path(argv[0]).mkdir()
+            expected = (1, f"manifest {argv[0]}: is a directory")
+        status, err = _status_and_errors(["run", *argv, "--output", str(batch_out)], capsys)
+        assert (status, err) == (expected[0], [f"amnst: error: {expected[1]}"])
+    status, err = _status_and_errors(["run", str(manifest), "--output", str(manifest)], capsys)
+    assert (status, err) == (2, [f"amnst: error: {manifest}: is not a directory"])
+    status, err = _status_and_errors(["--manifests", str(manifest), "--output", str(batch_out)], capsys, nightly.main)
+    assert (status, err) == (2, [f"nightly: error: {manifest}: is not a directory"])
+    assert not batch_out.exists()
 
 
 @pytest.mark.parametrize("command", [["transfer", "c.wav", "s.wav", "-o", "o.wav"],

@@ -157,6 +157,62 @@ def test_strength_column_applies_to_its_row_and_a_bad_one_fails_alone(tmp_path: 
     assert [item.pair_id for item in items if isinstance(item, RowError)] == ["over", "under", "word", "nan"]
 
 
+# Each class of bad override the command line refuses (NSTConfig judges both), as a cell
+# in text (every format) and, where JSONL or Parquet can hold it, as a typed value.
+BAD_OVERRIDES = [
+    ("seed", "-5", "seed=-5 must be an integer in [0, 2**32)"),
+    ("seed", "4294967296", "seed=4294967296 must be an integer in [0, 2**32)"),
+    ("seed", "1.5", "seed='1.5' is not an integer"),
+    ("content_weight", "inf", "content_weight='inf' is not a finite number"),
+    ("style_weight", "-inf", "style_weight='-inf' is not a finite number"),
+    ("style_weight", "nan", "style_weight='nan' is not a finite number"),
+    ("strength", "nan", "strength='nan' is not a finite number"),
+    ("iterations", "-1", "iterations=-1 must be >= 0"),
+    ("content_layers", "-1", "content_layers=(-1,) holds -1"),
+    ("style_layers", "4,20", "style_layers=(4, 20) holds 20"),
+    ("style_layers", "4,4", "style_layers=(4, 4) has duplicates"),
+    ("init", "sideways", "init='sideways' must be one of"),
+    ("content", "audio/", "content: audio/: is a directory"),
+    ("style", ".", "style: .: is a directory"),
+]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bad_overrides_fail_alone_with_their_reasons(tmp_path: Path, fmt: str) -> None:
+    good = {"content": "a.wav", "style": "b.wav"}
+    rows = [{**good, "pair_id": "first"}]
+    rows += [{**good, "pair_id": f"bad{n}", name: value} for n, (name, value, _) in enumerate(BAD_OVERRIDES)]
+    rows.append({**good, "pair_id": "last", "seed": "4294967295", "iterations": "0"})
+    items = read(write_manifest(tmp_path / f"m.{fmt}", rows))
+    assert [item.pair_id for item in items if isinstance(item, Pair)] == ["first", "last"]
+    assert items[-1].preset.nst.seed == 2**32 - 1 and items[-1].preset.nst.iterations == 0
+    errors = only_errors(items)
+    assert sorted(errors) == list(range(2, len(BAD_OVERRIDES) + 2))
+    for row, (name, value, reason) in enumerate(BAD_OVERRIDES, start=2):
+        assert errors[row].startswith(f"row {row}: {reason}"), errors[row]
+        assert items[row - 1].pair_id == f"bad{row - 2}"  # recorded under its own id
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_bad_typed_overrides(tmp_path: Path, fmt: str) -> None:
+    good = {"content": "a.wav", "style": "b.wav"}
+    # An empty layer list is only expressible as a typed value: an empty CSV cell means "not given".
+    rows = [{"pair_id": f"p{n}", **good, **override} for n, override in enumerate(
+        [{"seed": -5}, {"content_weight": float("inf")}, {"strength": float("nan")}, {"style_layers": []},
+         {"iterations": 2.5}])]
+    reasons = list(only_errors(read(write_manifest(tmp_path / f"m.{fmt}", rows))).values())
+    assert reasons == ["row 1: seed=-5 must be an integer in [0, 2**32)",
+                       "row 2: content_weight=inf is not a finite number",
+                       "row 3: strength=nan is not a finite number",
+                       "row 4: style_layers=() and content_layers=() cannot both be empty: the transfer "
+                       "reads at least one CNN layer",
+                       "row 5: iterations=2.5 is not an integer"]
+    # On the seed preset, whose content layers remain, an empty style list is refused as no style.
+    [error] = list(read_manifest(write_manifest(tmp_path / f"s.{fmt}", [{**good, "style_layers": []}]),
+                                 get_preset("seed")))
+    assert "style_layers=() leaves no style loss" in error.reason
+
+
 def test_a_row_reports_all_its_problems(tmp_path: Path) -> None:
     uri = write_manifest(tmp_path / "m.jsonl", [{"content": "a.wav", "colour": "red",
                                                  "iterations": 1.5}])
@@ -249,9 +305,9 @@ def test_the_duplicate_table_keeps_every_id_as_it_grows() -> None:
 def test_unusable_manifests(tmp_path: Path) -> None:
     good = [{"content": "a.wav", "style": "b.wav"}]
     cases = {
-        str(tmp_path / "absent.csv"): "does not exist",
+        str(tmp_path / "absent.csv"): "absent.csv: no such file",
         write_manifest(tmp_path / "m.tsv", good): "unknown extension '.tsv'",
-        str(tmp_path): "unknown extension",
+        str(tmp_path): "is a directory",  # a folder is called one, whatever its name
         "http://host/m.csv": "unsupported URI scheme",
     }
     corrupt = tmp_path / "corrupt.parquet"
@@ -267,7 +323,7 @@ def test_unusable_manifests(tmp_path: Path) -> None:
     cases |= {str(corrupt): "could not be read", str(latin1): "could not be read",
               str(headerless): "neither a 'content' nor a 'style' column",
               str(empty): "neither a 'content' nor a 'style' column",
-              str(folder): "is not a file"}
+              str(folder): "folder.csv: is a directory"}
     for uri, fragment in cases.items():
         with pytest.raises(ManifestError, match=fragment) as caught:
             read(uri)
@@ -322,5 +378,5 @@ def test_an_s3_manifest_resolves_under_its_prefix(tmp_path: Path, s3_bucket: str
     assert first.style == f"{s3_bucket}/runs/styles/rain.wav"
     assert (second.content, second.style) == ("s3://elsewhere/a.wav", "/local/b.wav")
     assert third.reason.startswith("row 3: content: ../../../outside.wav: leads outside the bucket")
-    with pytest.raises(ManifestError, match="does not exist"):
+    with pytest.raises(ManifestError, match=f"absent.{fmt}: no such object"):
         read(f"{s3_bucket}/runs/absent.{fmt}")

@@ -5,6 +5,7 @@ direction, and the frontier's margins."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -57,6 +58,70 @@ def test_new_settings_are_validated(overrides, message):
         get_preset("seed").with_overrides(phase="content")
 
 
+INF, NAN = float("inf"), float("nan")
+
+
+@pytest.mark.parametrize("preset, overrides, message", [
+    # Every numeric field is finite: one-sided bounds would let inf through, and NaN fails them silently.
+    *[("default", {name: value}, f"{name}={value!r} must be finite")
+      for name in ("content_weight", "style_weight", "spectral_style_weight", "random_style_weight", "pitch_weight",
+                   "onset_weight", "learning_rate") for value in (INF, NAN)],
+    ("default", dict(style_weight=-INF), "style_weight=-inf must be finite"),
+    ("default", dict(decay_rate=NAN), "decay_rate=nan must be in (0, 1]"),
+    ("default", dict(strength=INF), "strength=inf must be in [0, 1]"),
+    # Seeds: NumPy's RandomState takes [0, 2**32).
+    ("default", dict(seed=-5), "seed=-5 must be an integer in [0, 2**32)"),
+    ("seed", dict(seed=2**32), "seed=4294967296 must be an integer in [0, 2**32)"),
+    ("default", dict(seed=1.5), "seed=1.5 must be an integer"),
+    ("default", dict(seed=True), "seed=True must be an integer"),
+    # Counts are integers at or above their minimum.
+    ("default", dict(iterations=2.0), "iterations=2.0 must be an integer"),
+    ("default", dict(iterations=-1), "iterations=-1 must be >= 0"),
+    ("default", dict(decay_steps=0), "decay_steps=0 must be >= 1"),
+    ("default", dict(rollback_steps=0), "rollback_steps=0 must be >= 1"),
+    ("default", dict(max_retries=-1), "max_retries=-1 must be >= 0"),
+    ("default", dict(griffin_lim_iters=-1), "griffin_lim_iters=-1 must be >= 0"),
+    ("default", dict(segments_per_batch=0), "segments_per_batch=0 must be >= 1"),
+    ("default", dict(content_weight=True), "content_weight=True must be a number"),
+    ("default", dict(relative_loss=1), "relative_loss=1 must be true or false"),
+    # Layers: integer feature-map indices.
+    ("default", dict(style_layers=(4.5,)), "style_layers=(4.5,) must be a sequence of integer layer indices"),
+    ("default", dict(style_layers=(-1,)), "style_layers=(-1,) holds -1"),
+    ("seed", dict(content_layers=(0, 20)), "content_layers=(0, 20) holds 20"),
+    # Something to optimise: a style term, at least one CNN layer, some weight at all.
+    ("seed", dict(style_layers=()), "style_layers=() leaves no style loss: style_layers is empty and "
+                                    "spectral_style_weight and random_style_weight are 0"),
+    ("default", dict(style_layers=()), "style_layers=() and content_layers=() cannot both be empty"),
+    ("seed", dict(content_weight=0.0, style_weight=0.0), "no loss to optimise"),
+    ("default", dict(style_weight=0.0, spectral_style_weight=0.0, random_style_weight=0.0, pitch_weight=0.0,
+                     onset_weight=0.0), "no loss to optimise"),
+])
+def test_every_value_is_checked_in_one_place(preset, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        get_preset(preset).with_overrides(**overrides)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sample_rate", 22050.0, "sample_rate=22050.0 must be an integer"), ("n_fft", 0, "n_fft=0 must be positive"),
+    ("hop_length", 2048, "hop_length=2048 must be in (0, n_fft]"), ("fmin", NAN, "fmin=nan must be in"),
+    ("fmax", INF, "fmax=inf must be in"), ("segment_frames", 1, "segment_frames=1 must be > 1"),
+    ("overlap_frames", -1, "overlap_frames=-1 must be in"), ("mel_power", NAN, "mel_power=nan must be 1 or 2"),
+])
+def test_audio_values_are_checked(field, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        AudioConfig(**{field: value})
+
+
+def test_edge_values_that_stay_valid():
+    assert get_preset("seed").with_overrides(seed=2**32 - 1).nst.seed == 2**32 - 1
+    assert get_preset("default").with_overrides(iterations=0, strength=0.0).nst.iterations == 0
+    # Style from the log-mel alone, beside CNN content layers; CNN style alone, with no content term.
+    assert get_preset("default").with_overrides(style_layers=(), content_layers=(0,)).nst.style_layers == ()
+    assert get_preset("seed").with_overrides(content_weight=0.0).nst.content_weight == 0.0
+    assert get_preset("default").with_overrides(style_layers=(np.int64(4),)).nst.style_layers == (4,)
+    assert type(get_preset("default").with_overrides(style_layers=(np.int64(4),)).nst.style_layers[0]) is int
+
+
 def test_the_music_loss_is_blind_to_level_and_binds_the_notes(random_cnn, music_and_rain):
     cfg = get_preset("default").with_overrides(style_weight=0.0, spectral_style_weight=0.0,
                                                 random_style_weight=0.0).nst
@@ -92,8 +157,9 @@ def test_strength_0_returns_the_contents_own_reconstruction(random_cnn, pair):
 def test_progress_does_not_fall_as_strength_rises(random_cnn, pair):
     content, style = pair
     method = frontier.Method("default", get_preset("default"))
-    rows = frontier.sweep_pair("pop-piano_rain", content, style, [method],
-                               {"default": StyleTransfer(random_cnn, method.preset.nst)}, strengths=(0.0, 0.5, 1.0))
+    transfer = StyleTransfer(random_cnn, method.preset.nst)
+    rows = frontier.sweep_pair("pop-piano_rain", content, style, [method], lambda preset: transfer,
+                               strengths=(0.0, 0.5, 1.0))
     mine = [row for row in rows if row["method"] == "default"]
     for measure in frontier.STYLE_MEASURES:
         progress = [row[measure] for row in mine]
