@@ -128,6 +128,13 @@ PAIRS_SCHEMA = _schema(
     # whose preset is unknown (a bad manifest row) and in rows of earlier versions,
     # which were all full transfers.
     ("strength", pa.float64()),
+    # Schema version 5 too: for a pair skipped because another live run held its claim
+    # (amnst.claims), that run's id (the error says which host and process); null otherwise.
+    # Such a row says nothing of the pair's state, so resume passes over it.
+    ("held_by", pa.string()),
+    # Schema version 5 too: what was noticed of the inputs and used all the same
+    # (amnst.audio.AudioWarning: a truncated file), one line each; null if nothing.
+    ("warnings", pa.list_(pa.string())),
 )
 
 SEGMENTS_SCHEMA = _schema(
@@ -244,6 +251,17 @@ class MetadataWriter:
                 buffered.clear()
         self._oldest = None
 
+    def flush_if_due(self) -> None:
+        """Flush if the oldest buffered row has waited ``flush_seconds``: for a
+        caller that adds rows seldom (a long pair) but wakes often."""
+        if self._oldest is not None and time.monotonic() - self._oldest >= self.flush_seconds:
+            self.flush()
+
+    @property
+    def buffered(self) -> bool:
+        """Whether rows wait to be written."""
+        return any(self._buffers.values())
+
     def commit(self, run_row: dict) -> None:
         """Flush, write the run's row, then the commit marker, last.
 
@@ -325,14 +343,61 @@ def latest_pair_status(output_uri: str) -> dict[str, tuple[str, str | None]]:
 
     Uncommitted runs count: their rows were each written whole. The newest row
     is the one with the latest ``finished_at``; ties go to the later run id.
+    Rows of pairs skipped because another run held them (``held_by``) do not
+    count: they say nothing of the pair's state.
     """
-    rows = _dataset(output_uri, "pairs").to_table(
-        columns=["pair_id", "status", "fingerprint", "finished_at", "run_id"])
-    # Oldest first: building the dict keeps each pair's last, so newest, row.
-    rows = rows.sort_by([("finished_at", "ascending", "at_start"),
-                         ("run_id", "ascending", "at_start")])
-    outcomes = zip(rows["status"].to_pylist(), rows["fingerprint"].to_pylist())
-    return dict(zip(rows["pair_id"].to_pylist(), outcomes))
+    index = PairStatusIndex(output_uri)
+    index.refresh()
+    return index.statuses()
+
+
+class PairStatusIndex:
+    """:func:`latest_pair_status`, kept up to date: :meth:`refresh` reads only the
+    pair files written since it last looked (those of runs that overlap this one)."""
+
+    _COLUMNS = ["pair_id", "status", "fingerprint", "finished_at", "run_id"]
+
+    def __init__(self, output_uri: str) -> None:
+        self.output_uri = output_uri
+        self._read: set[str] = set()
+        # pair_id -> ((finished_at known, finished_at, run_id), status, fingerprint)
+        self._latest: dict[str, tuple[tuple, str, str | None]] = {}
+
+    def refresh(self) -> None:
+        fs, base = storage.filesystem(storage.join(self.output_uri, "_amnst", "pairs"))
+        new = [info.path for info in _list_files(fs, base)
+               if info.base_name.endswith(".parquet") and not info.base_name.startswith(("_", "."))
+               and info.path not in self._read]
+        if not new:
+            return
+        dataset = ds.dataset(new, schema=PAIRS_SCHEMA, format="parquet", filesystem=fs,
+                             partitioning=ds.partitioning(_PARTITIONING, flavor="hive"),
+                             partition_base_dir=base)
+        rows = dataset.to_table(columns=self._COLUMNS, filter=ds.field("held_by").is_null())
+        # Oldest first, so that within this batch the newest row is met last.
+        rows = rows.sort_by([("finished_at", "ascending", "at_start"),
+                             ("run_id", "ascending", "at_start")])
+        epoch = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+        for pair_id, status, fingerprint, finished_at, run_id in zip(
+                *(rows[name].to_pylist() for name in self._COLUMNS)):
+            key = (finished_at is not None, finished_at or epoch, run_id or "")
+            known = self._latest.get(pair_id)
+            if known is None or key >= known[0]:
+                self._latest[pair_id] = (key, status, fingerprint)
+        self._read.update(new)
+
+    def get(self, pair_id: str) -> tuple[str, str | None] | None:
+        """``(status, fingerprint)`` of the pair's newest row, or None."""
+        known = self._latest.get(pair_id)
+        return None if known is None else known[1:]
+
+    def run_of(self, pair_id: str) -> str | None:
+        """The run id of the pair's newest row, or None."""
+        known = self._latest.get(pair_id)
+        return None if known is None else known[0][2] or None
+
+    def statuses(self) -> dict[str, tuple[str, str | None]]:
+        return {pair_id: (status, fingerprint) for pair_id, (_, status, fingerprint) in self._latest.items()}
 
 
 def _dataset(output_uri: str, table: str) -> ds.Dataset:

@@ -7,6 +7,13 @@ by a ``style`` task; ``render`` (CPU) stitches, inverts, encodes and writes.
 The driver streams the manifest, keeps at most ``max_in_flight`` tasks
 outstanding, consumes results in completion order and records every pair.
 When the run is committed it writes the run's report page (``amnst.report``).
+
+Runs of one manifest into one output may overlap (a manual rerun during the
+nightly one): each pair is claimed before it starts (``amnst.claims``), and a
+pair that another live run holds is recorded ``skipped``, ``held_by`` that run.
+A claim is released once the pair's record is written, so a run that claims a
+pair after another released it finds that run's record (see
+``_Driver.done_meanwhile``) and skips the pair as done.
 """
 
 from __future__ import annotations
@@ -18,19 +25,23 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
 import ray
 
-from amnst import metadata, metrics, report, storage
+from amnst import claims, metadata, metrics, report, storage
 from amnst.config import Preset
 from amnst.manifest import Pair, RowError, read_manifest
 from amnst.pipeline import (AnalysisInfo, PairJob, SegmentsResult, Weights, analyse_pair,
                             optimise_segments, render_pair, style_targets_for)
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
+# An output written since this long before the run read the records may be another
+# run's, whose record the run has not read: it looks again before computing the pair.
+# Covers a writer's flush interval (metadata_flush_seconds) and clock skew between hosts.
+FRESH_OUTPUT_MARGIN = 600.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,9 @@ class RunOptions:
     # Tasks retried after a worker or node dies; input errors are never retried.
     max_retries: int = 3
     metadata_flush_seconds: float = 30.0
+    # Lifetime of a pair's claim (amnst.claims); the run renews it every third of this.
+    # A run killed with claims held delays those pairs by at most this much.
+    claim_ttl_seconds: float = claims.DEFAULT_TTL_SECONDS
 
     def __post_init__(self) -> None:
         if self.segments_per_task < 1:
@@ -60,6 +74,8 @@ class RunOptions:
             raise ValueError(f"output_format={self.output_format!r} must be wav or flac")
         if self.metadata_flush_seconds < 0:
             raise ValueError(f"metadata_flush_seconds={self.metadata_flush_seconds} must be >= 0")
+        if not self.claim_ttl_seconds > 0:
+            raise ValueError(f"claim_ttl_seconds={self.claim_ttl_seconds} must be > 0")
 
 
 @dataclass
@@ -109,25 +125,20 @@ def _node() -> str:
 
 def setup_worker() -> dict[str, Any]:
     """What a TensorFlow task does first in its worker process: size TensorFlow's
-    thread pools to the CPUs the task was given, and register the worker's
-    metrics, which are returned.
+    thread pools to the CPUs the task was given, turn on GPU memory growth
+    (``amnst.devices.prepare_tensorflow``), and register the worker's metrics,
+    which are returned.
 
     TensorFlow sizes its pools to the whole machine, so N one-CPU tasks on an
     N-core node would each run N threads; matched to the tasks' CPUs, two
     optimise tasks on this project's 2-core machine did 1.23x the work
     (``amnst bench pipeline``, README, Performance). Pools can only be sized
     before TensorFlow starts, so a worker keeps those of its first TensorFlow task.
+    Memory growth is what lets two tasks share a GPU (``num_gpus_per_task`` 0.5).
     """
-    import tensorflow as tf
+    from amnst.devices import prepare_tensorflow
 
-    threads = max(1, math.ceil(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)))
-    pools = tf.config.threading
-    if pools.get_intra_op_parallelism_threads() != threads:
-        try:
-            pools.set_intra_op_parallelism_threads(threads)
-            pools.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:
-            pass  # TensorFlow already started in this process: its pools stay as they are
+    prepare_tensorflow(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
     return metrics.worker_metrics()
 
 
@@ -182,7 +193,13 @@ class _Driver:
     weights: Weights
     writer: metadata.MetadataWriter
     run_id: str
+    claims: claims.ClaimKeeper
+    # The pairs' records as this run knows them, and when it first read them.
+    status: metadata.PairStatusIndex
+    read_at: datetime
     progress: Progress = field(default_factory=Progress)
+    # Pairs recorded whose claims are released once their rows are written.
+    recorded: list[str] = field(default_factory=list)
     # ref -> (task kind, its pair, segments it covers)
     pending: dict[Any, tuple[str, _PairState, int]] = field(default_factory=dict)
     queued: collections.deque = field(default_factory=collections.deque)
@@ -199,6 +216,14 @@ class _Driver:
 
     def submit_pair(self, job: PairJob) -> None:
         state = _PairState(job, datetime.now(timezone.utc))
+        try:
+            holder = self.claims.acquire(job.pair_id)
+        except storage.StorageError as error:
+            self.record(state, "failed", error=f"cannot claim the pair: {error}")
+            return
+        if holder is not None:
+            self.record(state, "skipped", error=holder.describe(), held_by=holder.run_id)
+            return
         info_ref, segments_ref = _analyse.options(**self.resources(gpu=False)).remote(job, self.weights)
         self.pending[info_ref] = ("analyse", state, 0)
         state.segments_ref = segments_ref
@@ -260,7 +285,9 @@ class _Driver:
         except ray.exceptions.RayError as error:
             self.record(state, "failed", error=_reason(error))
             return
-        if state.info.status == "ready":
+        if state.info.status == "ready" and self.done_meanwhile(state):
+            self.record(state, "skipped", error=f"done meanwhile by run {self.status.run_of(state.job.pair_id)}")
+        elif state.info.status == "ready":
             self.plan_optimisation(state)
         else:
             self.record(state, state.info.status, error=state.info.error)
@@ -278,8 +305,35 @@ class _Driver:
         self.progress.audio_seconds += state.info.n_samples / state.job.preset.audio.sample_rate
         self.record(state, "ok", rendered=rendered)
 
+    def done_meanwhile(self, state: _PairState) -> bool:
+        """Whether another run finished this pair, with this fingerprint, after this run read
+        the records: then its output is fresh and its record, written before it released its
+        claim, is in the records now."""
+        job = state.job
+        try:
+            written = storage.modified(job.output_uri)
+        except storage.NotFoundError:
+            return False
+        except storage.StorageError:
+            written = self.read_at  # cannot tell: look
+        if written < self.read_at - timedelta(seconds=FRESH_OUTPUT_MARGIN):
+            return False
+        try:
+            self.status.refresh()
+        except OSError:  # pyarrow's errors and StorageError: computing again is safe
+            return False
+        latest = self.status.get(job.pair_id)
+        return latest is not None and latest[0] in ("ok", "skipped") and latest[1] == state.info.fingerprint
+
+    def release_recorded(self) -> None:
+        """Release the claims of recorded pairs once their rows are written."""
+        if self.recorded and not self.writer.buffered:
+            for pair_id in self.recorded:
+                self.claims.release(pair_id)
+            self.recorded.clear()
+
     def record(self, state: _PairState, status: str, error: str | None = None,
-               rendered: dict[str, Any] | None = None) -> None:
+               rendered: dict[str, Any] | None = None, held_by: str | None = None) -> None:
         job, info = state.job, state.info
         setattr(self.progress, status, getattr(self.progress, status) + 1)
         metrics.PAIRS.labels(status).inc()
@@ -287,8 +341,9 @@ class _Driver:
             "run_id": self.run_id, "pair_id": job.pair_id, "row": job.row,
             "content_uri": job.content_uri, "style_uri": job.style_uri,
             "preset": job.preset.name, "config_json": _config_json(job.preset),
-            "model_id": self.weights.id, "output_uri": job.output_uri if status != "failed" else None,
-            "status": status, "error": error, "iterations": job.preset.nst.iterations,
+            "model_id": self.weights.id,
+            "output_uri": job.output_uri if status != "failed" and held_by is None else None,
+            "status": status, "error": error, "held_by": held_by, "iterations": job.preset.nst.iterations,
             "strength": job.preset.nst.strength,
             "started_at": state.started_at, "finished_at": datetime.now(timezone.utc),
         }
@@ -306,6 +361,9 @@ class _Driver:
             self.writer.add_segments([{**s, "run_id": self.run_id, "pair_id": job.pair_id,
                                        "finished_at": row["finished_at"]} for s in segments])
         self.writer.add_pair(row)
+        if held_by is None:
+            self.recorded.append(job.pair_id)
+        self.release_recorded()
 
 
 def connect(address: str | None) -> None:
@@ -314,29 +372,52 @@ def connect(address: str | None) -> None:
     ``"local"`` is explicit because a bare ``ray.init()`` would join any
     cluster that ``ray start`` left registered on this machine.
     """
+    from amnst.devices import job_runtime_env
+
+    # TF_FORCE_GPU_ALLOW_GROWTH=true for every worker of the job (amnst.devices).
     ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False,
-             include_dashboard=False, configure_logging=False)
+             include_dashboard=False, configure_logging=False, runtime_env=job_runtime_env())
 
 
 def run_manifest(manifest_uri: str, options: RunOptions,
                  on_progress: Callable[[Progress], None] | None = None) -> RunSummary:
     """Run every pair of a manifest on the connected Ray cluster; record each one.
 
-    Pairs already done with the same fingerprint are skipped (resume). Bad rows
-    and bad inputs fail their pair only. Raises ManifestError if the manifest
-    itself cannot be read.
+    Pairs already done with the same fingerprint are skipped (resume), and so
+    are pairs that another live run of the output holds (``amnst.claims``).
+    Bad rows and bad inputs fail their pair only. Raises ManifestError if the
+    manifest itself cannot be read.
     """
     clock = time.perf_counter()
     started_at = datetime.now(timezone.utc)
     run_id = metadata.new_run_id(started_at)
     metrics.observe_driver_storage()
     weights = Weights.locate(options.weights, options.preset.nst.seed)
-    done = {pair_id: fingerprint for pair_id, (status, fingerprint)
-            in metadata.latest_pair_status(options.output).items() if status in ("ok", "skipped")}
+    status = metadata.PairStatusIndex(options.output)
+    read_at = datetime.now(timezone.utc)
+    status.refresh()
     writer = metadata.MetadataWriter(options.output, run_id, started_at,
                                      flush_seconds=options.metadata_flush_seconds)
-    driver = _Driver(options, weights, writer, run_id)
-    rows = _jobs(read_manifest(manifest_uri, options.preset), options, done)
+    # Leaving the block releases every claim still held: at the end, after the commit, or
+    # when the run fails.
+    with claims.ClaimKeeper(options.output, run_id, options.claim_ttl_seconds) as keeper:
+        driver = _Driver(options, weights, writer, run_id, keeper, status, read_at)
+        _drive(driver, _jobs(read_manifest(manifest_uri, options.preset), options, status), on_progress)
+        summary = RunSummary(run_id, driver.progress, time.perf_counter() - clock)
+        writer.commit(_run_row(summary, manifest_uri, options, weights, started_at))
+    # The report is a view of the records just committed: failing to write it
+    # is said, but changes neither the run's records nor its exit status.
+    try:
+        summary.report_uri = report.write_report(report.RunLocation(options.output, run_id, writer.date))
+    except storage.StorageError as error:
+        summary.report_error = str(error)
+    return summary
+
+
+def _drive(driver: _Driver, rows: Iterator[PairJob | RowError],
+           on_progress: Callable[[Progress], None] | None) -> None:
+    """Submit the manifest's pairs and handle their tasks until every pair is recorded."""
+    options = driver.options
     exhausted = False
     last_report = 0.0
     while True:
@@ -359,20 +440,14 @@ def run_manifest(manifest_uri: str, options: RunOptions,
             driver.handle(ref)
         driver.progress.in_flight = len(driver.pending)
         metrics.TASKS_IN_FLIGHT.set(len(driver.pending))
+        # Rows of a long pair must not wait for the next pair's: their claims wait on them.
+        driver.writer.flush_if_due()
+        driver.release_recorded()
         if on_progress is not None and time.monotonic() - last_report >= 0.5:
             on_progress(driver.progress)
             last_report = time.monotonic()
     if on_progress is not None:
         on_progress(driver.progress)
-    summary = RunSummary(run_id, driver.progress, time.perf_counter() - clock)
-    writer.commit(_run_row(summary, manifest_uri, options, weights, started_at))
-    # The report is a view of the records just committed: failing to write it
-    # is said, but changes neither the run's records nor its exit status.
-    try:
-        summary.report_uri = report.write_report(report.RunLocation(options.output, run_id, writer.date))
-    except storage.StorageError as error:
-        summary.report_error = str(error)
-    return summary
 
 
 def _count_work(row: dict[str, Any]) -> None:
@@ -385,14 +460,15 @@ def _count_work(row: dict[str, Any]) -> None:
 
 
 def _jobs(items: Iterator[Pair | RowError], options: RunOptions,
-          done: dict[str, str]) -> Iterator[PairJob | RowError]:
+          status: metadata.PairStatusIndex) -> Iterator[PairJob | RowError]:
     for item in items:
         if isinstance(item, RowError):
             yield item
             continue
         output_uri = storage.join(options.output, "audio", f"{item.pair_id}.{options.output_format}")
-        yield PairJob(item.pair_id, item.row, item.content, item.style, item.preset, output_uri,
-                      done.get(item.pair_id))
+        latest = status.get(item.pair_id)
+        done = latest[1] if latest is not None and latest[0] in ("ok", "skipped") else None
+        yield PairJob(item.pair_id, item.row, item.content, item.style, item.preset, output_uri, done)
 
 
 def _record_bad_row(driver: _Driver, error: RowError) -> None:

@@ -92,6 +92,8 @@ def bad_input_files() -> dict[str, bytes]:
         "rate-96k.wav": wav(synth.music(3.0, seed=24, sample_rate=96000), 96000),
         "stereo.wav": wav(np.stack([music, np.roll(music, 100)], axis=1)),
         "six-channels.wav": wav(np.stack([np.roll(music, 50 * c) * (1 - c / 8) for c in range(6)], axis=1)),
+        # A folder holding a recording: a row naming the folder must say so, not "no such object".
+        "music-folder/music.wav": header,
     }
 
 
@@ -123,6 +125,26 @@ def bad_input_cases() -> list[Case]:
              "style_layers=(4, 99) holds 99"),
         Case("negative weight", pair("negative-weight", "music-a.wav", content_weight=-1),
              "content_weight=-1.0 must be >= 0"),
+        # One row per class of override value that NSTConfig refuses, as it refuses the options.
+        Case("negative seed", pair("negative-seed", "music-a.wav", seed=-5),
+             "seed=-5 must be an integer in [0, 2**32)"),
+        Case("seed of 2**32", pair("huge-seed", "music-a.wav", seed=2**32),
+             "seed=4294967296 must be an integer in [0, 2**32)"),
+        Case("infinite weight", pair("inf-weight", "music-a.wav", style_weight="inf"),
+             "style_weight='inf' is not a finite number"),
+        Case("NaN strength", pair("nan-strength", "music-a.wav", strength="nan"),
+             "strength='nan' is not a finite number"),
+        Case("empty layer list", pair("no-style-layers", "music-a.wav", style_layers=[]),
+             "style_layers=() and content_layers=() cannot both be empty"),
+        Case("negative layer index", pair("negative-layer", "music-a.wav", content_layers=[-1]),
+             "content_layers=(-1,) holds -1"),
+        Case("negative iteration count", pair("negative-iterations", "music-a.wav", iterations=-1),
+             "iterations=-1 must be >= 0"),
+        Case("fractional iteration count", pair("fractional-iterations", "music-a.wav", iterations=2.5),
+             "iterations=2.5 is not an integer"),
+        Case("unknown init", pair("bad-init", "music-a.wav", init="sideways"), "init='sideways' must be one of"),
+        Case("a folder as content", pair("folder-content", "music-folder/"),
+             "content: music-folder/: is a directory"),
         Case("duplicate pair_id", pair("good-1", "music-b.wav"), "duplicate pair_id 'good-1' (first at row 1)"),
         Case("pair_id ../../x", pair("../../x", "music-a.wav"), "pair_id '../../x' is not a plain name"),
         Case("pair_id /tmp/x", pair("/tmp/x", "music-a.wav"), "pair_id '/tmp/x' is not a plain name"),
@@ -131,6 +153,84 @@ def bad_input_cases() -> list[Case]:
         Case("unsupported URI scheme", pair("gs-style", "music-a.wav", "gs://bucket/rain.wav"),
              "unsupported URI scheme 'gs'"),
     ]
+
+
+@dataclass(frozen=True)
+class OptionCase:
+    """A command line with one bad option or path, which ``amnst`` must refuse before any work.
+
+    ``argv`` may hold ``{missing}`` (a file that is not there: were it decoded
+    first, its error would be reported instead), ``{folder}`` (a directory),
+    ``{out}`` (an output file) and ``{out_dir}`` (an output folder); neither
+    output may exist afterwards. ``reason`` is a fragment of the one error
+    line, ``status`` the exit status.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    reason: str
+    status: int = 2
+
+
+def bad_option_cases() -> list[OptionCase]:
+    """One command line per class of bad option value and bad local path.
+
+    Each would fail at a path check even if its option were wrongly accepted,
+    so a regression shows in the audit without decoding audio or touching Ray.
+    """
+    transfer = ("transfer", "{missing}", "{missing}", "-o", "{out}")
+    run = ("run", "{missing}.csv", "--output", "{out_dir}")
+    return [
+        OptionCase("negative seed", (*transfer, "--seed", "-5"), "seed=-5 must be an integer in [0, 2**32)"),
+        OptionCase("infinite weight", (*transfer, "--content-weight", "inf"), "content_weight=inf must be finite"),
+        OptionCase("NaN strength", (*transfer, "--strength", "nan"), "strength=nan must be in [0, 1]"),
+        OptionCase("empty layer list", (*transfer, "--preset", "seed", "--style-layers", ""),
+                   "style_layers=() leaves no style loss"),
+        OptionCase("layer index out of range", (*transfer, "--content-layers", "0,20"),
+                   "content_layers=(0, 20) holds 20"),
+        OptionCase("no loss at all", (*transfer, "--preset", "seed", "--content-weight", "0", "--style-weight", "0"),
+                   "no loss to optimise"),
+        OptionCase("fractional iteration count", (*transfer, "--iterations", "1.5"),
+                   "argument --iterations: invalid int value"),
+        OptionCase("zero segments per task", (*run, "--segments-per-task", "0"),
+                   "argument --segments-per-task: 0 is not positive"),
+        OptionCase("NaN CPUs per task", (*run, "--num-cpus-per-task", "nan"),
+                   "argument --num-cpus-per-task: nan is not a finite number"),
+        OptionCase("a folder as content", ("transfer", "{folder}", "{missing}", "-o", "{out}"),
+                   "{folder}: is a directory", 1),
+        OptionCase("a folder as output", ("transfer", "{missing}", "{missing}", "-o", "{folder}"),
+                   "{folder}: is a directory"),
+        OptionCase("a folder as manifest", ("run", "{folder}", "--output", "{out_dir}"),
+                   "manifest {folder}: is a directory", 1),
+    ]
+
+
+def refuse_options(cases: list[OptionCase], result: "Audit") -> None:
+    """Run each case's ``amnst`` command line in this process and audit its refusal into ``result``:
+    its exit status, one error line holding its reason, and no output written."""
+    from amnst import cli
+
+    with tempfile.TemporaryDirectory() as temp:
+        places = {"missing": os.path.join(temp, "missing.wav"), "folder": os.path.join(temp, "folder.wav"),
+                  "out": os.path.join(temp, "out.wav"), "out_dir": os.path.join(temp, "out")}
+        os.mkdir(places["folder"])
+        for case in cases:
+            argv = [arg.format(**places) for arg in case.argv]
+            reason = case.reason.format(**places)
+            errors = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(errors):
+                    status = cli.main(argv)
+            except SystemExit as exit_:  # argparse's refusals exit
+                status = exit_.code
+            # Only error lines count: a stray log line from elsewhere in the process is no answer.
+            lines = [line for line in errors.getvalue().splitlines() if ": error: " in line]
+            written = [name for name in ("out", "out_dir") if os.path.exists(places[name])]
+            if status != case.status or len(lines) != 1 or reason not in lines[0] or written:
+                result.problems.append(f"{case.name}: {argv[1:]} gave status {status}, {lines}, wrote {written}; "
+                                       f"expected status {case.status} with {reason!r}")
+            else:
+                result.failed_as_expected += 1
 
 
 def good_pairs(count: int, seconds: float = GOOD_SECONDS) -> tuple[dict[str, bytes], list[Case]]:
@@ -292,13 +392,16 @@ def run_batch(root: str, files: dict[str, bytes], cases: list[Case], preset: Pre
 
 
 def bad_inputs(root: str, preset: Preset = PRESET) -> Outcome:
-    """The bad-input batch: every bad input and row beside good pairs, in one manifest."""
-    cases = bad_input_cases()
+    """The bad-input batch: every bad input and row beside good pairs, in one manifest; then every
+    class of bad option and local path on ``amnst``'s command line, each refused before any work."""
+    cases, options = bad_input_cases(), bad_option_cases()
     clock = time.perf_counter()
     summary = run_batch(root, bad_input_files(), cases, preset)
-    tried = sum(case.name != "good pair" for case in cases)
-    return Outcome("bad inputs and rows", tried, 0, audit(root, cases), time.perf_counter() - clock,
-                   summary.exit_status)
+    result = audit(root, cases)
+    refuse_options(options, result)
+    tried = sum(case.name != "good pair" for case in cases) + len(options)
+    return Outcome("bad inputs and rows", tried, 0, result, time.perf_counter() - clock,
+                   summary.exit_status, {"rows": len(cases), "option_lines": len(options)})
 
 
 def long_piece(root: str, minutes: float = 10.0,
@@ -412,6 +515,54 @@ def driver_kill(root: str, address: str, pairs: int = 6, iterations: int = PRESE
     return Outcome("driver killed, run again", 0, 1, audit(root, cases), time.perf_counter() - clock,
                    status, {"pairs_done_before_the_kill": finished_first,
                             "rerun": stdout.strip().splitlines()[0]})
+
+
+def overlapping_runs(root: str, address: str, pairs: int = 4, gap: float = 1.0,
+                     iterations: int = PRESET.nst.iterations, timeout: float = 600.0) -> Outcome:
+    """Two ``amnst run`` of one manifest into one output, the second started ``gap`` s after the
+    first, as a nightly run and a manual rerun would: each pair must be computed once.
+
+    Few tasks in flight (``--max-in-flight 2``), so that both runs get to claim pairs.
+    Notes both exit statuses, the pairs each run computed and skipped, and ``computed``:
+    ``ok`` records over both runs, which must equal the pairs expected.
+    """
+    files, cases = good_pairs(pairs)
+    manifest = write_inputs(root, files, cases)
+    args = [manifest, "--output", output_of(root), "--iterations", str(iterations), "--max-in-flight", "2"]
+    clock = time.perf_counter()
+    first = Driver(args, address)
+    time.sleep(gap)
+    second = Driver(args, address)
+    ended = [first.wait(timeout), second.wait(timeout)]
+    statuses = [status for status, _, _ in ended]
+    if any(status not in (0, 3) for status in statuses):
+        raise RuntimeError(f"a run failed with status {statuses}: {ended[0][2][-1500:]} {ended[1][2][-1500:]}")
+    result = _overlap_audit(root, cases)
+    records = metadata.read_table(output_of(root), "pairs").to_pylist()
+    runs = sorted({record["run_id"] for record in records})
+    per_run = {run: dict(collections.Counter(r["status"] for r in records if r["run_id"] == run)) for run in runs}
+    return Outcome("overlapping runs", 0, 1, result, time.perf_counter() - clock, max(statuses),
+                   {"exit_statuses": statuses, "computed": sum(r["status"] == "ok" for r in records),
+                    "runs": per_run})
+
+
+def _overlap_audit(root: str, cases: list[Case]) -> Audit:
+    """:func:`audit` for runs that overlap: a pair may be recorded ``skipped`` as held by the
+    run that computes it before that run's ``ok`` record (then audit would call it out of order),
+    so the order is checked here by what the skipped records name instead."""
+    result = audit(root, cases)
+    records = metadata.read_table(output_of(root), "pairs").to_pylist()
+    computed_by = {r["pair_id"]: r["run_id"] for r in records if r["status"] == "ok"}
+    fine = set()
+    for pair_id, run_id in computed_by.items():
+        others = [r for r in records if r["pair_id"] == pair_id and r["status"] != "ok"]
+        # Skipped while the computing run held it, or once it had recorded it (as on resume).
+        if all(r["status"] == "skipped" and (r["held_by"] == run_id or run_id in (r["error"] or ""))
+               for r in others):
+            fine.add(pair_id)
+    result.problems = [problem for problem in result.problems
+                       if not (problem.split(":")[0] in fine and "expected ok then only skipped" in problem)]
+    return result
 
 
 class Driver:
@@ -603,7 +754,8 @@ def run_all(quick: bool = False) -> list[Outcome]:
                     outcomes.append(long_piece(_bucket("long-piece")))
                 outcomes += [storage_faults(_bucket("storage-faults"), proxy, STORAGE_FAULTS),
                              worker_kill(_bucket("worker-kill")),
-                             driver_kill(_bucket("driver-kill"), _gcs_address())]
+                             driver_kill(_bucket("driver-kill"), _gcs_address()),
+                             overlapping_runs(_bucket("overlapping-runs"), _gcs_address())]
             with gpu_cluster() as (cluster, nodes):
                 outcomes.append(node_loss(_bucket("node-loss"),
                                           lambda: cluster.remove_node(nodes[1], allow_graceful=False)))

@@ -10,6 +10,9 @@ one PutObject is atomic by itself.
 S3 uses boto3's standard configuration (environment, profile, config files,
 ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` for any S3-compatible store)
 with retries; ``AMNST_S3_MAX_ATTEMPTS`` bounds the attempts per request.
+For coordination between processes there are create-only writes
+(:func:`create_only`) and writes and deletes conditional on the version read
+(:func:`read_versioned`, :func:`replace_if`, :func:`delete_if`).
 Every failure is a :class:`StorageError` whose message starts with the URI and
 never contains credentials.
 """
@@ -24,6 +27,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
@@ -198,6 +202,11 @@ def write_bytes(uri: _UriLike, data: bytes, *, if_absent: bool = False,
     ``content_type`` is the MIME type S3 serves the object with (a browser
     shows a page only if it is served as HTML); files have none.
     """
+    _write_bytes(uri, data, if_absent=if_absent, content_type=content_type)
+
+
+def _write_bytes(uri: _UriLike, data: bytes, *, if_absent: bool = False,
+                 content_type: str | None = None) -> None:
     location = _parse(uri, key_required=True)
     if location.scheme == "s3":
         extra = {"IfNoneMatch": "*"} if if_absent else {}
@@ -209,6 +218,112 @@ def write_bytes(uri: _UriLike, data: bytes, *, if_absent: bool = False,
         return
     with _local_errors(location.uri):
         _write_local(Path(location.path), data, if_absent, location.uri)
+
+
+def create_only(uri: _UriLike, data: bytes) -> bool:
+    """Create the object or file at ``uri`` holding ``data``, only if nothing is there.
+
+    True if this call created it; False if something was already there (it is
+    left as it was). Of any number of concurrent callers, on any hosts, exactly
+    one gets True: on S3 a conditional put (``If-None-Match: *``, answered 412
+    on a conflict), locally a hard link of a finished temporary file, which
+    fails if the name exists (so a reader never sees it half written).
+    """
+    try:
+        _write_bytes(uri, data, if_absent=True)
+    except AlreadyExistsError:
+        return False  # an answer, not a failure: not counted as one
+    except StorageError:
+        if observer is not None:
+            observer("write", 0, True)
+        raise
+    if observer is not None:
+        observer("write", len(data), False)
+    return True
+
+
+def read_versioned(uri: _UriLike) -> tuple[bytes, str]:
+    """The content of the object or file at ``uri`` and a tag of that version.
+
+    The tag (the S3 ETag; locally the file's inode, modification time and
+    size, which every write of this module changes, as it renames a new file
+    into place) is for :func:`replace_if` and :func:`delete_if`.
+    """
+    location = _parse(uri, key_required=True)
+    try:
+        if location.scheme == "s3":
+            with _s3_errors(location.uri):
+                response = _s3(location.uri).client.get_object(Bucket=location.bucket, Key=location.path)
+                data = response["Body"].read()
+                tag = response["ETag"]
+        else:
+            with _local_errors(location.uri), open(location.path, "rb") as stream:
+                # The open file's own status: the version read, whatever replaces the name meanwhile.
+                tag = _local_tag(os.fstat(stream.fileno()))
+                data = stream.read()
+    except StorageError:
+        if observer is not None:
+            observer("read", 0, True)
+        raise
+    if observer is not None:
+        observer("read", len(data), False)
+    return data, tag
+
+
+@_observed("write")
+def replace_if(uri: _UriLike, data: bytes, tag: str) -> bool:
+    """Replace the object or file at ``uri`` with ``data``, only if it is still the
+    version ``tag`` (from :func:`read_versioned`).
+
+    True if replaced; False if it was changed or removed meanwhile (then it is
+    left as it is). On S3 a conditional put (``If-Match``), so the check and
+    the write are one step; locally the file's tag is checked just before an
+    atomic rename, which leaves a window of microseconds in which another
+    process's change would be overwritten.
+    """
+    location = _parse(uri, key_required=True)
+    if location.scheme == "s3":
+        try:
+            with _s3_errors(location.uri):
+                _s3(location.uri).client.put_object(Bucket=location.bucket, Key=location.path,
+                                                    Body=bytes(data), IfMatch=tag)
+        except (AlreadyExistsError, NotFoundError):  # 412: another version; 404: gone
+            return False
+        return True
+    path = Path(location.path)
+    with _local_errors(location.uri):
+        if _local_tag_of(path) != tag:
+            return False
+        _write_local(path, data, False, location.uri)
+    return True
+
+
+def delete_if(uri: _UriLike, tag: str) -> bool:
+    """Remove the object or file at ``uri``, only if it is still the version ``tag``
+    (from :func:`read_versioned`).
+
+    True if removed; False if it was changed or removed meanwhile. On S3 a
+    conditional delete (``If-Match``); locally the tag is checked just before
+    the unlink, as :func:`replace_if` does.
+    """
+    location = _parse(uri, key_required=True)
+    if location.scheme == "s3":
+        try:
+            with _s3_errors(location.uri):
+                _s3(location.uri).client.delete_object(Bucket=location.bucket, Key=location.path,
+                                                       IfMatch=tag)
+        except (AlreadyExistsError, NotFoundError):
+            return False
+        return True
+    path = Path(location.path)
+    with _local_errors(location.uri):
+        if _local_tag_of(path) != tag:
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+    return True
 
 
 def exists(uri: _UriLike) -> bool:
@@ -232,6 +347,17 @@ def size(uri: _UriLike) -> int:
         if os.path.isdir(location.path):
             raise StorageError(f"{location.uri}: is a directory")
         return os.stat(location.path).st_size
+
+
+def modified(uri: _UriLike) -> datetime:
+    """When the object or file at ``uri`` was last written (UTC, by the store's clock)."""
+    location = _parse(uri, key_required=True)
+    if location.scheme == "s3":
+        return _head(location)["LastModified"].astimezone(timezone.utc)
+    with _local_errors(location.uri):
+        if os.path.isdir(location.path):
+            raise StorageError(f"{location.uri}: is a directory")
+        return datetime.fromtimestamp(os.stat(location.path).st_mtime, timezone.utc)
 
 
 def delete(uri: _UriLike) -> None:
@@ -312,6 +438,18 @@ def _write_local(path: Path, data: bytes, if_absent: bool, uri: str) -> None:
     finally:
         temporary.unlink(missing_ok=True)
     _fsync_folder(path.parent)
+
+
+def _local_tag(status: os.stat_result) -> str:
+    return f"{status.st_dev}:{status.st_ino}:{status.st_mtime_ns}:{status.st_size}"
+
+
+def _local_tag_of(path: Path) -> str | None:
+    """The tag of the file at ``path`` now; None if there is none."""
+    try:
+        return _local_tag(os.stat(path))
+    except FileNotFoundError:
+        return None
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from amnst import metadata, storage
 from amnst.metadata import (PAIRS_SCHEMA, QUALITY_COLUMNS, RUNS_SCHEMA, SCHEMA_VERSION, SEGMENTS_SCHEMA,
-                            MetadataWriter, latest_pair_status, new_run_id, read_table,
+                            MetadataWriter, PairStatusIndex, latest_pair_status, new_run_id, read_table,
                             run_partition)
 
 T0 = datetime(2026, 11, 25, 17, 23, 1, 250_000, tzinfo=timezone.utc)
@@ -44,6 +44,8 @@ def pair_row(pair_id: str, status: str = "ok", finished_at: datetime = T0, **col
         **{name: 0.5 for name in QUALITY_COLUMNS},
         "loss_curve": [10.0, 4.0, 1.5], "reference_content": {name: 1.0 for name in QUALITY_COLUMNS},
         "reference_mix": {name: 0.25 for name in QUALITY_COLUMNS}, "strength": 0.5,
+        "held_by": None,  # only a pair skipped as another run's holds it (below)
+        "warnings": ["content.wav: truncated: its header promises 44100 frames (2.00 s), the file holds 22050 (1.00 s)"],
     }
     return {**row, **columns}
 
@@ -187,6 +189,45 @@ def test_latest_pair_status_takes_the_newest_row_across_runs(output):
                                           "c": ("ok", "fp-1")}
 
 
+def test_a_pair_skipped_as_another_runs_does_not_hide_its_record(output):
+    holder = MetadataWriter(output, new_run_id(T0), T0)
+    holder.add_pair(pair_row("a", "ok", T0, fingerprint="fp-1"))
+    holder.flush()
+    # An overlapping run met "a" while the holder still held its claim, and recorded it after.
+    later = T0 + timedelta(seconds=5)
+    other = MetadataWriter(output, new_run_id(later), later)
+    other.add_pair({"pair_id": "a", "status": "skipped", "finished_at": later, "held_by": holder.run_id,
+                    "error": f"held by run {holder.run_id} (host h, pid 1) until ..."})
+    other.add_pair({"pair_id": "b", "status": "skipped", "finished_at": later, "held_by": holder.run_id})
+    other.flush()
+    assert latest_pair_status(output) == {"a": ("ok", "fp-1")}
+    rows = read_table(output, "pairs").to_pylist()
+    assert sorted(r["held_by"] or "" for r in rows) == ["", holder.run_id, holder.run_id]
+
+
+def test_pair_status_index_reads_only_what_was_written_since(output):
+    index = PairStatusIndex(output)
+    index.refresh()
+    assert index.get("a") is None
+    first = MetadataWriter(output, new_run_id(T0), T0)
+    first.add_pair(pair_row("a", "failed", T0, fingerprint="fp-1"))
+    first.flush()
+    index.refresh()
+    assert index.get("a") == ("failed", "fp-1")
+    # A row older than the one known (a slow run's) does not replace it; a newer one does.
+    second = MetadataWriter(output, new_run_id(T0), T0)
+    second.add_pair(pair_row("a", "ok", T0 - timedelta(hours=1), fingerprint="fp-0"))
+    second.add_pair(pair_row("b", "ok", T0, fingerprint="fp-1"))
+    second.flush()
+    index.refresh()
+    assert index.statuses() == {"a": ("failed", "fp-1"), "b": ("ok", "fp-1")}
+    first.add_pair(pair_row("a", "ok", T0 + timedelta(hours=1), fingerprint="fp-2"))
+    first.flush()
+    index.refresh()
+    assert index.get("a") == ("ok", "fp-2")
+    assert index.statuses() == latest_pair_status(output)
+
+
 def test_file_with_an_older_schema_reads_with_the_current_one(output):
     writer = MetadataWriter(output, "20261126T000000Z-000002", T0)
     writer.add_pair(pair_row("new"))
@@ -212,10 +253,12 @@ def test_file_with_an_older_schema_reads_with_the_current_one(output):
     assert rows["new"]["strength"] == 0.5
 
 
-def test_schema_5_appends_a_nullable_strength_column():
+def test_schema_5_appends_nullable_strength_and_held_by_columns():
     # Additive evolution: appended last, nullable, and the version raised.
-    assert PAIRS_SCHEMA.names[-1] == "strength"
+    names = PAIRS_SCHEMA.names
+    assert names.index("reference_mix") < names.index("strength") < names.index("held_by")
     assert PAIRS_SCHEMA.field("strength").type == pa.float64() and PAIRS_SCHEMA.field("strength").nullable
+    assert PAIRS_SCHEMA.field("held_by").type == pa.string() and PAIRS_SCHEMA.field("held_by").nullable
     assert SCHEMA_VERSION >= 5
 
 

@@ -136,13 +136,19 @@ def test_bad_rows_and_inputs_fail_alone(local_ray, s3_bucket):
     rows = write_inputs(1)
     put("inputs/silent.wav", wav(np.zeros(22050 * 2, np.float32)))
     put("inputs/noise.mp3", np.random.default_rng(0).bytes(4000))
+    whole = wav(synth.music(3.0, seed=5))
+    put("inputs/cut.wav", whole[:len(whole) * 2 // 3])
     rows += ["silent,silent.wav,rain.wav", "noise,music0.wav,noise.mp3", "missing,nothing.wav,rain.wav",
-             "p0,music0.wav,rain.wav", "../../x,music0.wav,rain.wav"]
+             "p0,music0.wav,rain.wav", "../../x,music0.wav,rain.wav", "cut,cut.wav,rain.wav"]
     output = f"{BUCKET}/out"
     summary = run_manifest(write_manifest(rows), RunOptions(output, PRESET))
     assert summary.exit_status == EXIT_PARTIAL
-    assert (summary.progress.ok, summary.progress.failed) == (1, 5)
+    assert (summary.progress.ok, summary.progress.failed) == (2, 5)
     table = metadata.read_table(output, "pairs").to_pylist()
+    # A truncated file is used, and its shortfall recorded in its pair's row.
+    warnings = {r["pair_id"]: r["warnings"] for r in table if r["status"] == "ok"}
+    assert warnings["p0"] is None
+    assert len(warnings["cut"]) == 1 and "cut.wav: truncated: its header promises 66150 frames" in warnings["cut"][0]
     reasons = {r["row"]: r["error"] for r in table if r["status"] == "failed"}
     assert "silent" in reasons[2] and "cannot decode" in reasons[3] and "no such" in reasons[4]
     assert "duplicate" in reasons[5] and "row 6" in reasons[6]
@@ -150,10 +156,10 @@ def test_bad_rows_and_inputs_fail_alone(local_ray, s3_bucket):
     strengths = {r["row"]: r["strength"] for r in table}
     assert strengths[1] == strengths[2] == PRESET.nst.strength
     assert strengths[5] is None and strengths[6] is None
-    outputs = [uri for uri in (r["output_uri"] for r in table) if uri]
-    assert outputs == [f"{output}/audio/p0.wav"]
+    outputs = sorted(uri for uri in (r["output_uri"] for r in table) if uri)
+    assert outputs == [f"{output}/audio/cut.wav", f"{output}/audio/p0.wav"]
     listed = boto3.client("s3").list_objects_v2(Bucket="amnst-test", Prefix="out/audio/")["Contents"]
-    assert [o["Key"] for o in listed] == ["out/audio/p0.wav"]
+    assert sorted(o["Key"] for o in listed) == ["out/audio/cut.wav", "out/audio/p0.wav"]
 
 
 def test_run_matches_transfer_with_one_segment_per_task(local_ray, s3_bucket, tmp_path):

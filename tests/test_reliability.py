@@ -78,9 +78,38 @@ def test_bad_inputs_and_rows_fail_alone_with_their_reasons(root):
     # bad one fails with its reason, which names the input, and leaves no output; nothing is
     # written outside the output prefix, whatever the pair_id.
     assert_every_good_pair_done_once(outcome)
-    cases = reliability.bad_input_cases()
+    # Then every class of bad option and local path on the command line is refused before any work.
+    cases, options = reliability.bad_input_cases(), reliability.bad_option_cases()
     assert outcome.audit.expected == 7
-    assert outcome.audit.failed_as_expected == sum(case.reason is not None for case in cases) == 15
+    assert sum(case.reason is not None for case in cases) == 25 and len(options) == 12
+    assert outcome.audit.failed_as_expected == 25 + 12
+    assert outcome.inputs == 30 + 12  # every row but the two good pairs, and every command line
+
+
+def test_bad_override_rows_are_refused_as_the_manifest_is_read(tmp_path):
+    """The bad-input table's override rows fail at parsing, before any task: no Ray, no S3 here."""
+    from amnst.manifest import RowError, read_manifest
+
+    cases = reliability.bad_input_cases()
+    manifest = reliability.write_inputs(str(tmp_path), {}, cases)
+    items = list(read_manifest(manifest, reliability.PRESET))
+    refused = {item.row: item.reason for item in items if isinstance(item, RowError)}
+    overrides = {"seed", "content_weight", "style_weight", "strength", "style_layers", "content_layers",
+                 "iterations", "init"}
+    for row, case in enumerate(cases, start=1):
+        if case.reason and (overrides & case.row.keys() or case.row.get("content", "").endswith("/")):
+            assert case.reason in refused.get(row, ""), (case.name, refused.get(row))
+
+
+def test_bad_options_and_paths_are_refused_before_any_work():
+    """The command lines of the bad-input scenario: each refused in one line, before decoding or Ray."""
+    result = reliability.Audit()
+    reliability.refuse_options(reliability.bad_option_cases(), result)
+    assert result.problems == [] and result.failed_as_expected == 12
+    # The audit catches a command line that is not refused as expected.
+    wrong = reliability.OptionCase("accepted", ("transfer", "{missing}", "{missing}", "-o", "{out}"), "seed")
+    reliability.refuse_options([wrong], result)
+    assert len(result.problems) == 1 and "no such file" in result.problems[0]
 
 
 def test_storage_errors_and_an_outage_lose_nothing(root, proxy):
@@ -106,6 +135,19 @@ def test_a_killed_driver_run_again_computes_only_what_is_left(root):
     assert 1 <= before < 6, "the kill did not land mid-run"
     # The audit holds that a pair done before the kill was skipped, never computed again.
     assert f"{6 - before} ok, {before} skipped, 0 failed" in outcome.notes["rerun"]
+    assert_every_good_pair_done_once(outcome)
+
+
+@pytest.mark.slow  # two drivers of their own, each starting its workers cold
+def test_two_overlapping_runs_compute_each_pair_once(root):
+    outcome = reliability.overlapping_runs(root, ray.get_runtime_context().gcs_address)
+    print("overlapping runs:", outcome.notes, f"{outcome.seconds:.0f} s")
+    assert outcome.notes["exit_statuses"] == [EXIT_OK, EXIT_OK]
+    assert outcome.notes["computed"] == outcome.audit.expected == 4
+    # Each run recorded every pair, computed or skipped: together, each pair computed once.
+    runs = outcome.notes["runs"]
+    assert len(runs) == 2 and all(sum(counts.values()) == 4 and counts.get("failed", 0) == 0
+                                  for counts in runs.values())
     assert_every_good_pair_done_once(outcome)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -73,6 +76,62 @@ def test_create_only_write_refuses_to_replace(root):
     assert str(caught.value).startswith(f"{uri}: ")
     assert storage.read_bytes(uri) == b"one"
     assert list(storage.list_uris(root)) == [uri]
+
+
+def test_create_only_succeeds_once(root):
+    uri = storage.join(root, "_amnst", "claims", "p0.json")
+    assert storage.create_only(uri, b"first") is True
+    assert storage.create_only(uri, b"second") is False
+    assert storage.read_bytes(uri) == b"first"
+    storage.delete(uri)
+    assert storage.create_only(uri, b"third") is True
+    assert list(storage.list_uris(root)) == [uri]  # no temporary files left
+
+
+def test_create_only_among_racing_threads_has_one_winner(root):
+    uri = storage.join(root, "raced")
+    start = threading.Barrier(8)
+
+    def attempt(index: int) -> bool:
+        start.wait()
+        return storage.create_only(uri, f"writer {index}".encode())
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(attempt, range(8)))
+    assert won.count(True) == 1
+    assert storage.read_bytes(uri) == f"writer {won.index(True)}".encode()
+
+
+def test_replace_and_delete_only_the_version_read(root):
+    uri = storage.join(root, "claim.json")
+    storage.write_bytes(uri, b"mine")
+    data, tag = storage.read_versioned(uri)
+    assert data == b"mine"
+    assert storage.replace_if(uri, b"mine, renewed", tag) is True
+    assert storage.read_bytes(uri) == b"mine, renewed"
+    # The tag read before the renewal no longer matches: neither write nor delete happens.
+    assert storage.replace_if(uri, b"stale", tag) is False
+    assert storage.delete_if(uri, tag) is False
+    assert storage.read_bytes(uri) == b"mine, renewed"
+    data, tag = storage.read_versioned(uri)
+    assert storage.delete_if(uri, tag) is True
+    assert not storage.exists(uri)
+    # Gone: nothing to replace or delete, and the calls say so rather than raising.
+    assert storage.replace_if(uri, b"late", tag) is False and not storage.exists(uri)
+    assert storage.delete_if(uri, tag) is False
+    with pytest.raises(NotFoundError) as caught:
+        storage.read_versioned(uri)
+    assert str(caught.value).startswith(f"{uri}: ")
+    assert list(storage.list_uris(root)) == []
+
+
+def test_modified_is_when_it_was_written(root):
+    uri = storage.join(root, "m.bin")
+    before = datetime.now(timezone.utc) - timedelta(seconds=5)  # S3 keeps whole seconds
+    storage.write_bytes(uri, b"x")
+    assert before <= storage.modified(uri) <= datetime.now(timezone.utc) + timedelta(seconds=5)
+    with pytest.raises(NotFoundError):
+        storage.modified(storage.join(root, "absent"))
 
 
 def test_exists_size_delete(root):
