@@ -11,9 +11,10 @@
 ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu
 FROM ${RAY_IMAGE}
 
-# gpu: TensorFlow's CUDA build (`tensorflow[and-cuda]`, which brings CUDA 12 and cuDNN as pip wheels,
-# so it only needs the node's NVIDIA driver). cpu: the `tensorflow-cpu` pin exactly as pyproject.toml
-# has it for the local .venv. The version comes from that pin either way, so the two cannot drift.
+# The extra of pyproject.toml that brings TensorFlow. gpu: its CUDA build (`tensorflow[and-cuda]`,
+# which brings CUDA 12 and cuDNN as pip wheels, so it only needs the node's NVIDIA driver). cpu:
+# `tensorflow-cpu`, as `make` installs it for the local .venv. tests/test_deploy.py holds the two
+# extras to one TensorFlow version.
 ARG TF_FLAVOR=gpu
 
 # Numeric, so that Kubernetes' runAsNonRoot can verify it (a user *name* cannot be checked). 1000:100
@@ -34,13 +35,12 @@ import tomllib
 flavor = os.environ["TF_FLAVOR"]
 if flavor not in ("gpu", "cpu"):
     raise SystemExit(f"TF_FLAVOR must be gpu or cpu, not {flavor!r}")
-pins = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-if not any(pin.startswith("tensorflow-cpu==") for pin in pins):
-    raise SystemExit("pyproject.toml no longer pins tensorflow-cpu==X: update the Dockerfile")
-for pin in pins:
-    name, _, version = pin.partition("==")
-    if name == "tensorflow-cpu" and flavor == "gpu":
-        pin = f"tensorflow[and-cuda]=={version}"
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+extra = project.get("optional-dependencies", {}).get(flavor, [])
+if not any(pin.startswith(("tensorflow==", "tensorflow[", "tensorflow-cpu==")) for pin in extra):
+    raise SystemExit(f"pyproject.toml's extra {flavor!r} pins no TensorFlow: update the Dockerfile")
+# The base dependencies, then the extra's: what `pip install '.[FLAVOR]'` installs.
+for pin in project["dependencies"] + extra:
     print(pin)
 EOF
 RUN pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt

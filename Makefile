@@ -23,7 +23,7 @@ APT_LOG := tmp/apt-get.log
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[cpu,dev]'
 	# librosa's numba kernels, compiled once here: workers compiling them at once crash (quality.py).
 	$(BIN)/python -c 'from amnst import quality; quality.compile_kernels()'
 	touch $(STAMP)

@@ -455,14 +455,17 @@ def _train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import tensorflow as tf
 
+    from amnst.devices import prepare_tensorflow
     from amnst.model import build_model
 
     plan: _Plan = config["plan"]
     options = plan.options
     context = ray.train.get_context()
     is_chief = context.get_world_rank() == 0
-    # Ray sets OMP_NUM_THREADS only; TensorFlow would otherwise use every core of the node.
-    tf.config.threading.set_intra_op_parallelism_threads(max(1, int(options.cpus_per_worker)))
+    # Ray sets OMP_NUM_THREADS only; TensorFlow would otherwise use every core of the node (the
+    # intra-op pool only, as training always sized it). Memory growth on every GPU: two workers
+    # can then share one (--gpus-per-worker 0.5).
+    prepare_tensorflow(options.cpus_per_worker, inter_op=False)
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = build_model(options.seed)

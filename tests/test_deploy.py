@@ -13,10 +13,11 @@ version in them, and the Dockerfile's base image, equals the `ray` pin of pyproj
 Python; every `amnst` image is tagged with the project version; the GPU workers request
 `nvidia.com/gpu`; /dev/shm is memory-backed and large enough for the object store; token
 authentication is on and no secret value is written in a file; the RayJob entrypoints name scripts
-that exist and options those scripts accept; the Dockerfile installs from pyproject.toml (its
-TensorFlow substitution is run here) as a numeric non-root user with an allow-list build context;
-the Compose stack's mounts and build context exist, and its Prometheus and Grafana mounts agree with
-the configuration files that are mounted.
+that exist and options those scripts accept; TensorFlow comes from pyproject.toml's `cpu` or `gpu`
+extra, both of one version, `make` installs the cpu one and the Dockerfile the one TF_FLAVOR names
+(its heredoc is run here); the Dockerfile installs from pyproject.toml as a numeric non-root user
+with an allow-list build context; the Compose stack's mounts and build context exist, and its
+Prometheus and Grafana mounts agree with the configuration files that are mounted.
 """
 
 from __future__ import annotations
@@ -228,9 +229,48 @@ def test_dockerfile_installs_the_pinned_dependencies_of_pyproject_and_bakes_in_t
             assert not re.search(r"[A-Za-z][\w.\-\[\]]*==\d", arguments), f"pin outside pyproject.toml: {arguments}"
 
 
+TF_EXTRAS = {"cpu": "tensorflow-cpu", "gpu": "tensorflow[and-cuda]"}
+
+
+def _tensorflow_pins(requirements: list[str]) -> list[str]:
+    return [r for r in requirements if re.match(r"tensorflow(-cpu)?(\[|==|$)", r.replace(" ", ""))]
+
+
+def test_tensorflow_comes_from_a_cpu_or_gpu_extra_of_one_version():
+    """Base dependencies hold no TensorFlow (Keras stays pinned there); each extra pins one build of
+    one version, so a GPU install and the CPU .venv cannot drift."""
+    dependencies = PYPROJECT["project"]["dependencies"]
+    assert not _tensorflow_pins(dependencies), "TensorFlow belongs in the cpu and gpu extras"
+    assert any(re.fullmatch(r"keras==[\w.]+", d) for d in dependencies), "keras is not pinned in base deps"
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    versions = set()
+    for extra, package in TF_EXTRAS.items():
+        pins = _tensorflow_pins(extras[extra])
+        assert len(pins) == 1, f"extra {extra!r} must pin exactly one TensorFlow: {pins}"
+        name, _, version = pins[0].replace(" ", "").partition("==")
+        assert name == package and re.fullmatch(r"\d+\.\d+\.\d+", version), pins[0]
+        versions.add(version)
+    assert len(versions) == 1, f"the cpu and gpu extras pin different TensorFlow versions: {versions}"
+
+
+def test_makefile_installs_the_cpu_extra_for_the_local_venv():
+    installs = re.findall(r"pip install [^\n]*?-e '?\.\[([\w,]+)\]'?", (ROOT / "Makefile").read_text())
+    assert installs, "the Makefile installs the project nowhere"
+    for extras in installs:
+        assert {"cpu", "dev"} <= set(extras.split(",")), f"make installs '.[{extras}]', not '.[cpu,dev]'"
+        assert "gpu" not in extras.split(","), "the cpu and gpu extras are alternatives"
+
+
+def test_dockerfile_tf_flavor_defaults_to_the_gpu_extra():
+    args = {arguments.partition("=")[0]: arguments.partition("=")[2]
+            for keyword, arguments, _ in _dockerfile_instructions() if keyword == "ARG"}
+    assert args.get("TF_FLAVOR") == "gpu", "the default image (rayproject/ray ...-gpu) wants TensorFlow's CUDA build"
+
+
 @pytest.mark.parametrize("flavor", ["gpu", "cpu"])
-def test_dockerfile_requirements_are_pyproject_pins_with_the_chosen_tensorflow(flavor):
-    """Runs the Dockerfile's own heredoc that turns pyproject.toml into the image's requirements."""
+def test_dockerfile_requirements_are_pyproject_pins_with_the_extra_of_tf_flavor(flavor):
+    """Runs the Dockerfile's own heredoc that turns pyproject.toml into the image's requirements:
+    the base dependencies and those of the extra TF_FLAVOR names, as `pip install '.[FLAVOR]'`."""
     scripts = [body for keyword, arguments, body in _dockerfile_instructions()
                if keyword == "RUN" and body and "tomllib" in body]
     assert len(scripts) == 1, "expected one RUN heredoc reading pyproject.toml"
@@ -238,15 +278,17 @@ def test_dockerfile_requirements_are_pyproject_pins_with_the_chosen_tensorflow(f
                             cwd=ROOT, env={**os.environ, "TF_FLAVOR": flavor}, timeout=60)
     assert result.returncode == 0, result.stderr
     requirements = result.stdout.split()
-    pins = PYPROJECT["project"]["dependencies"]
-    if flavor == "cpu":
-        assert requirements == pins
-    else:
-        tf_version = next(p for p in pins if p.startswith("tensorflow-cpu==")).partition("==")[2]
-        assert f"tensorflow[and-cuda]=={tf_version}" in requirements
-        assert not any(r.startswith("tensorflow-cpu") for r in requirements)
-        assert sorted(r for r in requirements if not r.startswith("tensorflow")) == \
-            sorted(p for p in pins if not p.startswith("tensorflow"))
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    assert requirements == PYPROJECT["project"]["dependencies"] + extras[flavor]
+    assert [p.partition("==")[0] for p in _tensorflow_pins(requirements)] == [TF_EXTRAS[flavor]]
+
+
+def test_dockerfile_refuses_an_unknown_tf_flavor():
+    scripts = [body for keyword, arguments, body in _dockerfile_instructions()
+               if keyword == "RUN" and body and "tomllib" in body]
+    result = subprocess.run([sys.executable, "-"], input=scripts[0], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "TF_FLAVOR": "dev"}, timeout=60)
+    assert result.returncode != 0 and "TF_FLAVOR" in result.stderr and not result.stdout
 
 
 def test_dockerfile_bakes_in_no_credentials():
