@@ -189,7 +189,7 @@ class StyleTransfer:
             if cfg.couples_segments:
                 scale /= batch
             targets.append((f, tf.broadcast_to(tf.cast(scale, tf.float32), [batch])))
-        mels = tf.constant(content_segments, tf.float32)
+        mels = tf.convert_to_tensor(content_segments, tf.float32)
         if cfg.pitch_weight:
             # Unit vectors differ by at most 2 in squared norm, and the frame weights sum to 1.
             weights = cfg.pitch_weight * musical.frame_weights(mels)

@@ -277,9 +277,8 @@ def replace_if(uri: _UriLike, data: bytes, tag: str) -> bool:
 
     True if replaced; False if it was changed or removed meanwhile (then it is
     left as it is). On S3 a conditional put (``If-Match``), so the check and
-    the write are one step; locally the file's tag is checked just before an
-    atomic rename, which leaves a window of microseconds in which another
-    process's change would be overwritten.
+    the write are one step; locally the check and the atomic rename happen
+    under an exclusive lock of the folder.
     """
     location = _parse(uri, key_required=True)
     if location.scheme == "s3":
@@ -291,7 +290,7 @@ def replace_if(uri: _UriLike, data: bytes, tag: str) -> bool:
             return False
         return True
     path = Path(location.path)
-    with _local_errors(location.uri):
+    with _local_errors(location.uri), _folder_locked(path.parent):
         if _local_tag_of(path) != tag:
             return False
         _write_local(path, data, False, location.uri)
@@ -303,8 +302,8 @@ def delete_if(uri: _UriLike, tag: str) -> bool:
     (from :func:`read_versioned`).
 
     True if removed; False if it was changed or removed meanwhile. On S3 a
-    conditional delete (``If-Match``); locally the tag is checked just before
-    the unlink, as :func:`replace_if` does.
+    conditional delete (``If-Match``); locally check and unlink happen under
+    the folder's lock, as in :func:`replace_if`.
     """
     location = _parse(uri, key_required=True)
     if location.scheme == "s3":
@@ -316,7 +315,7 @@ def delete_if(uri: _UriLike, tag: str) -> bool:
             return False
         return True
     path = Path(location.path)
-    with _local_errors(location.uri):
+    with _local_errors(location.uri), _folder_locked(path.parent):
         if _local_tag_of(path) != tag:
             return False
         try:
@@ -324,6 +323,21 @@ def delete_if(uri: _UriLike, tag: str) -> bool:
         except FileNotFoundError:
             return False
     return True
+
+
+@contextmanager
+def _folder_locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` for the block: the local check-then-act
+    of :func:`replace_if` and :func:`delete_if` is then one step for every process of
+    this machine (two takers of one expired claim both passed the check otherwise)."""
+    import fcntl
+
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def exists(uri: _UriLike) -> bool:

@@ -63,7 +63,7 @@ def test_log_cnn_input_feeds_the_network_the_offset_log_mel(random_cnn, music_an
 
 
 def test_content_and_style_can_read_different_inputs(random_cnn, music_and_rain):
-    hybrid = get_preset("default").with_overrides(content_input="mel", style_input="log").nst
+    hybrid = get_preset("default").with_overrides(content_layers=(0, 2), content_input="mel", style_input="log").nst
     transfer = StyleTransfer(random_cnn, hybrid)
     mel = segments_of(music_and_rain[0], "default", 1)
     assert set(transfer.features(mel, "mel")) == set(hybrid.content_layers)
@@ -109,8 +109,9 @@ def test_the_xla_compiled_step_optimises_as_the_graph_does(random_cnn, music_and
     expected, got = plain.optimise(content, targets), xla.optimise(content, targets)
     np.testing.assert_allclose(got.loss, expected.loss, rtol=1e-4)
     # Adam's first steps move entries with rounding-level gradients by about
-    # lr * sign(gradient) either way; compare the mels on the whole.
-    assert np.linalg.norm(got.mels - expected.mels) < 1e-3 * np.linalg.norm(expected.mels)
+    # lr * sign(gradient) either way (the normalised pitch classes give many
+    # such entries); compare the mels on the whole.
+    assert np.linalg.norm(got.mels - expected.mels) < 3e-3 * np.linalg.norm(expected.mels)
 
 
 def test_one_compiled_step_serves_every_fitted_width(random_cnn, music_and_rain):
@@ -212,8 +213,9 @@ def test_an_unknown_cnn_input_is_refused(field):
 def test_the_spectral_style_loss_matches_the_log_mel_band_gram(random_cnn, music_and_rain):
     from amnst.nst import LOG_INPUT_OFFSET
 
-    # Only the spectral term weighs: content and layer style weights are zero.
+    # Only the spectral term weighs: content, music, layer and random-network style weights are zero.
     cfg = get_preset("default").with_overrides(content_weight=0.0, style_weight=0.0, spectral_style_weight=3.0,
+                                               random_style_weight=0.0, pitch_weight=0.0, onset_weight=0.0,
                                                relative_loss=False).nst
     transfer = StyleTransfer(random_cnn, cfg)
     content, style = segments_of(music_and_rain[0], "default", 2), segments_of(music_and_rain[1], "default")
