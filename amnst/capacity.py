@@ -27,7 +27,7 @@ FLOAT32_BYTES = 4
 # CUDA cores, so FP32 is the honest ceiling for the whole step.
 H100_FP32_FLOPS = 67e12
 # The share of that peak assumed where no card has been measured. The H100 measured
-# 10 % on the `default` step (README, On a GPU).
+# 10 % on the `default` step (docs/performance.md, On a GPU).
 ASSUMED_GPU_FRACTION = 0.2
 
 
@@ -105,7 +105,7 @@ class Layout:
     task in flight (its job, refs and closures), an assumption. The node
     shape is an assumption too. ``segments_per_task``: on an H100 a step of 7
     segments ran 2.7x the segment-iterations per second of a step of one, and
-    larger batches gained at most 14 % more (README, On a GPU). A second task
+    larger batches gained at most 14 % more (docs/performance.md, On a GPU). A second task
     per GPU (``tasks_per_gpu``) hides one task's set-up and transfers behind
     the other's steps; two processes of pure steps on one H100 did 0.93x one.
     """

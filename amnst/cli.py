@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import io
 import json
 import math
@@ -704,10 +705,10 @@ def _check_job_args(kind: str, job_args: list[str]) -> None:
     """Judge the job's arguments as its script will, so that a bad value is refused here, in one
     line with exit status 2, rather than by a job on the cluster. The job's files are not looked
     at: they are where the cluster sees them, not necessarily here."""
-    from amnst import nightly, storage
+    from amnst import storage
 
     if kind == "nightly":
-        parser, argv = nightly.build_parser(), job_args
+        parser, argv = build_nightly_parser(), job_args
     else:
         parser, argv = build_parser(), [{"nst": "run", "train": "train"}[kind], *job_args]
     refusal = io.StringIO()
@@ -915,6 +916,88 @@ def _outcome(info: Any) -> int:
     return status
 
 
+# --- jobs/nightly.py: a night's batches ------------------------------------------------------
+
+
+def build_nightly_parser() -> argparse.ArgumentParser:
+    """The command line of jobs/nightly.py: ``amnst run``'s options, the manifests and the date."""
+    parser = OneLineParser(
+        prog="jobs/nightly.py",
+        description="Run every manifest due on DATE under --manifests into its own prefix under "
+                    "--output, skipping pairs already done, and record the night under "
+                    "OUTPUT/_amnst/nightly/. Due: manifests directly under the prefix every night, "
+                    "those under PREFIX/YYYY-MM-DD/ on that date. Exit status: 0 all ok or skipped, "
+                    f"{EXIT_PARTIAL} some pairs or manifests failed, {EXIT_INPUT} the night could not start.")
+    parser.add_argument("--manifests", required=True, help="URI prefix holding the manifests")
+    parser.add_argument("--date", type=_date, help="the night, YYYY-MM-DD (default: today in UTC)")
+    add_run_options(parser, metrics_job="amnst_nightly")
+    return parser
+
+
+def nightly_main(argv: list[str] | None = None) -> int:
+    """jobs/nightly.py: parse its arguments, run the night on Ray, print its outcome; return the exit status."""
+    import ray
+
+    from amnst import metrics, storage
+    from amnst.nightly import run_night
+    from amnst.ray_runner import connect
+
+    try:
+        args = build_nightly_parser().parse_args(argv)
+    except SystemExit as exit_:  # a refused command line (its line is printed), or --help
+        return _exit_status(exit_)
+    date = args.date or datetime.datetime.now(datetime.timezone.utc).date()
+    # Every option, then the local paths, before Ray starts (as `amnst run` does).
+    try:
+        options = run_options_from_args(args)
+        storage.check_uri(args.manifests)
+        check_folder(args.manifests)
+        check_batch_paths(args)
+    except (storage.StorageError, CommandError) as error:
+        print(f"nightly: error: {error}", file=sys.stderr)
+        return error.status if isinstance(error, CommandError) else EXIT_USAGE
+    if args.metrics_port is not None:
+        metrics.serve(args.metrics_port)
+    connect(args.address)
+    try:
+        summary = run_night(args.manifests, options, date, _progress_printer())
+    except storage.StorageError as error:
+        print(f"nightly: error: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    finally:
+        ray.shutdown()
+    print(_describe_night(summary))
+    if args.pushgateway:
+        # A manifest that could not run counts as a failure: the night is not a success.
+        failed = summary.total("failed") + sum(1 for m in summary.manifests if m.error)
+        seconds = ((summary.finished_at or datetime.datetime.now(datetime.timezone.utc)) - summary.started_at).total_seconds()
+        metrics.push_batch_outcome(args.pushgateway, args.metrics_job, summary.total("ok"), failed,
+                                   summary.total("skipped"), seconds)
+    return summary.exit_status
+
+
+def _date(text: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from None
+
+
+def _describe_night(summary: Any) -> str:
+    """A few lines for the job's log: one per manifest, then the night's totals."""
+    lines = []
+    for m in summary.manifests:
+        result = (f"could not run: {m.error}" if m.error else f"{m.ok} ok, {m.skipped} skipped, "
+                  f"{m.failed} failed of {m.pairs} pairs in {m.seconds:.1f} s")
+        lines.append(f"{m.manifest} -> {m.output}: {result}")
+    if not summary.manifests:
+        lines.append("no manifest is due on this date")
+    lines.append(f"night {summary.date}: {summary.status}, {len(summary.manifests)} manifests, "
+                 f"{summary.total('ok')} ok, {summary.total('skipped')} skipped, "
+                 f"{summary.total('failed')} failed; recorded at {summary.record_uri}")
+    return "\n".join(lines)
+
+
 # --- option values ------------------------------------------------------------------------
 # The NST options (--iterations, the weights, --strength, --lr, --seed, the layer lists) are
 # parsed as plain numbers and judged by NSTConfig, the one place their rules live, for the
@@ -939,73 +1022,31 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = _integer(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text} is below {minimum}")
+def _checked(parse: Callable[[str], Any], ok: Callable[[Any], bool], reason: str) -> Callable[[str], Any]:
+    """An argparse type: ``parse(text)``, refused with ``"<text> <reason>"`` unless ``ok`` holds."""
+    def check(text: str) -> Any:
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} {reason}")
         return value
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
+    return check
 
 
-def _positive_int(text: str) -> int:
-    value = _integer(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not positive")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    return _checked(_integer, lambda v: v >= minimum, f"is below {minimum}")
 
 
-def _non_negative_int(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not positive")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
-def _open_fraction(text: str) -> float:
-    """A share strictly between 0 and 1 (e.g. of tracks held out)."""
-    value = _number(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1)")
-    return value
-
-
-def _unit_fraction(text: str) -> float:
-    """A share above 0 and at most 1 (e.g. of a GPU's peak rate)."""
-    value = _number(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
-    return value
-
-
-def _seed(text: str) -> int:
-    """A seed as NSTConfig takes it: NumPy's RandomState accepts [0, 2**32)."""
-    value = _integer(text)
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, 2**32)")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _integer(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a port (0 to 65535)")
-    return value
+_positive_int = _checked(_integer, lambda v: v > 0, "is not positive")
+_non_negative_int = _checked(_integer, lambda v: v >= 0, "is negative")
+_positive_float = _checked(_number, lambda v: v > 0, "is not positive")
+_non_negative_float = _checked(_number, lambda v: v >= 0, "is negative")
+# A share strictly between 0 and 1 (e.g. of tracks held out), and one above 0 and at most 1
+# (e.g. of a GPU's peak rate).
+_open_fraction = _checked(_number, lambda v: 0 < v < 1, "is not in (0, 1)")
+_unit_fraction = _checked(_number, lambda v: 0 < v <= 1, "is not in (0, 1]")
+# A seed as NSTConfig takes it: NumPy's RandomState accepts [0, 2**32).
+_seed = _checked(_integer, lambda v: 0 <= v < SEED_LIMIT, "is not in [0, 2**32)")
+_port = _checked(_integer, lambda v: 0 <= v <= 65535, "is not a port (0 to 65535)")
 
 
 # --- paths ---------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from amnst import audio, quality, synth
+from amnst import quality, synth
 from amnst.config import Preset, get_preset
 
 MIX_SHARES = tuple(round(0.1 * k, 1) for k in range(10))  # 0 is the content itself

@@ -55,13 +55,14 @@ COMMIT_MARKER = "_COMMITTED"
 PAIR_STATUSES = ("ok", "failed", "skipped")
 RUN_STATUSES = ("completed", "partial", "failed")
 
-_PARTITIONING = pa.schema([("date", pa.string()), ("run_id", pa.string())])
+# Where a table's files lie: hive folders date=YYYY-MM-DD/run_id=ID; the columns are the path's.
+PARTITIONING = pa.schema([("date", pa.string()), ("run_id", pa.string())])
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_TIMESTAMP = pa.timestamp("us", tz="UTC")
+TIMESTAMP = pa.timestamp("us", tz="UTC")
 _QUALITY_STRUCT = pa.struct([(name, pa.float64()) for name in (*_QUALITY_COLUMNS_2, *_QUALITY_COLUMNS_5)])
 
 
-def _schema(*fields: tuple[str, pa.DataType] | pa.Field) -> pa.Schema:
+def table_schema(*fields: tuple[str, pa.DataType] | pa.Field) -> pa.Schema:
     """A table's schema: version and partition columns first, required, then ``fields``.
 
     A ``(name, type)`` pair is a nullable column; required ones are given as
@@ -75,7 +76,7 @@ def _schema(*fields: tuple[str, pa.DataType] | pa.Field) -> pa.Schema:
     ])
 
 
-PAIRS_SCHEMA = _schema(
+PAIRS_SCHEMA = table_schema(
     pa.field("pair_id", pa.string(), nullable=False),
     ("row", pa.int32()),
     ("content_uri", pa.string()),
@@ -107,8 +108,8 @@ PAIRS_SCHEMA = _schema(
     ("seconds_total", pa.float64()),
     ("seconds_quality", pa.float64()),
     ("worker_node", pa.string()),
-    ("started_at", _TIMESTAMP),
-    ("finished_at", _TIMESTAMP),
+    ("started_at", TIMESTAMP),
+    ("finished_at", TIMESTAMP),
     # Schema version 2: the output's quality measures (amnst.quality).
     *((name, pa.float64()) for name in _QUALITY_COLUMNS_2),
     # Schema version 3: the piece's loss per iteration (mean over segments,
@@ -137,7 +138,7 @@ PAIRS_SCHEMA = _schema(
     ("warnings", pa.list_(pa.string())),
 )
 
-SEGMENTS_SCHEMA = _schema(
+SEGMENTS_SCHEMA = table_schema(
     pa.field("pair_id", pa.string(), nullable=False),
     pa.field("segment_index", pa.int32(), nullable=False),
     ("loss_start", pa.float64()),
@@ -148,10 +149,10 @@ SEGMENTS_SCHEMA = _schema(
     ("gave_up", pa.bool_()),
     ("seconds", pa.float64()),
     ("worker_node", pa.string()),
-    ("finished_at", _TIMESTAMP),
+    ("finished_at", TIMESTAMP),
 )
 
-RUNS_SCHEMA = _schema(
+RUNS_SCHEMA = table_schema(
     pa.field("status", pa.string(), nullable=False),
     ("manifest_uri", pa.string()),
     ("output_uri", pa.string()),
@@ -166,8 +167,8 @@ RUNS_SCHEMA = _schema(
     ("audio_seconds", pa.float64()),
     ("seconds", pa.float64()),
     ("nodes", pa.int32()),
-    ("started_at", _TIMESTAMP),
-    ("finished_at", _TIMESTAMP),
+    ("started_at", TIMESTAMP),
+    ("finished_at", TIMESTAMP),
 )
 
 SCHEMAS = {"runs": RUNS_SCHEMA, "pairs": PAIRS_SCHEMA, "segments": SEGMENTS_SCHEMA}
@@ -177,7 +178,7 @@ _STATUSES = {"runs": RUN_STATUSES, "pairs": PAIR_STATUSES}
 def _file_schema(table: str) -> pa.Schema:
     """The columns stored inside a table's files: all but the partition columns."""
     schema = SCHEMAS[table]
-    for name in _PARTITIONING.names:
+    for name in PARTITIONING.names:
         schema = schema.remove(schema.get_field_index(name))
     return schema
 
@@ -371,7 +372,7 @@ class PairStatusIndex:
         if not new:
             return
         dataset = ds.dataset(new, schema=PAIRS_SCHEMA, format="parquet", filesystem=fs,
-                             partitioning=ds.partitioning(_PARTITIONING, flavor="hive"),
+                             partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
                              partition_base_dir=base)
         rows = dataset.to_table(columns=self._COLUMNS, filter=ds.field("held_by").is_null())
         # Oldest first, so that within this batch the newest row is met last.
@@ -411,7 +412,7 @@ def _dataset(output_uri: str, table: str) -> ds.Dataset:
              if info.base_name.endswith(".parquet") and not info.base_name.startswith(("_", "."))]
     # The explicit schema is what unifies files of older schema versions.
     return ds.dataset(paths, schema=schema, format="parquet", filesystem=fs,
-                      partitioning=ds.partitioning(_PARTITIONING, flavor="hive"),
+                      partitioning=ds.partitioning(PARTITIONING, flavor="hive"),
                       partition_base_dir=base)
 
 
@@ -445,7 +446,7 @@ def _check_row(table: str, row: dict, fixed: dict) -> None:
         value = row.get(field.name)
         if value is None and not field.nullable and field.name not in fixed:
             raise ValueError(f"{table} row lacks required column {field.name}")
-        if field.type == _TIMESTAMP and isinstance(value, datetime.datetime):
+        if field.type == TIMESTAMP and isinstance(value, datetime.datetime):
             _utc(value, field.name)
     allowed = _STATUSES.get(table)
     if allowed and row["status"] not in allowed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import tempfile
 from pathlib import Path
 
 import keras
@@ -77,6 +78,20 @@ def feature_extractor(model: keras.Model, indices: tuple[int, ...]) -> keras.Mod
         if not 0 <= index < len(model.layers):
             raise ValueError(f"layer index {index} out of range 0..{len(model.layers) - 1}")
     return keras.Model(model.inputs[0], [model.layers[i].output for i in indices])
+
+
+def load_model_from_bytes(data: bytes, name: str, seed: int = 0) -> keras.Sequential:
+    """The seed CNN with weights from a weight file's bytes (read from a URI, say).
+
+    ``name``, the file's name or URI, gives its format by its ending and names
+    it in errors. Keras loads weights only from a local file: the bytes go
+    through a temporary one.
+    """
+    suffix = ".weights.h5" if name.endswith(".weights.h5") else Path(name).suffix
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / f"weights{suffix}"
+        local.write_bytes(data)
+        return load_model(local, seed=seed, name=name)
 
 
 def load_model(weights: str | Path | None = None, seed: int = 0, name: str | None = None) -> keras.Sequential:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -79,6 +79,41 @@ class NSTResult:
     gave_up: np.ndarray
 
 
+class Snapshot(NamedTuple):
+    """What a rollback restores, per segment: the target ``x`` (``(B, n_mels, frames)``,
+    in the parameterisation's units), Adam's moments ``m`` and ``v`` (same shape)
+    and its step count ``t`` ``(B,)``."""
+
+    x: tf.Tensor
+    m: tf.Tensor
+    v: tf.Tensor
+    t: tf.Tensor
+
+
+class OptimiserState(NamedTuple):
+    """The compiled step's state, per segment (:meth:`StyleTransfer.step_graph`): the
+    current :class:`Snapshot`'s fields; the learning rate ``lr`` and whether the
+    decay schedule still sets it (``scheduled``); rollbacks in a row (``retries``),
+    whether the last step restored one (``restored``), whether the segment is still
+    optimised (``active``); and the snapshots of one and two steps back."""
+
+    x: tf.Tensor
+    m: tf.Tensor
+    v: tf.Tensor
+    t: tf.Tensor
+    lr: tf.Tensor
+    scheduled: tf.Tensor
+    retries: tf.Tensor
+    restored: tf.Tensor
+    active: tf.Tensor
+    prev1: Snapshot
+    prev2: Snapshot
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.x, self.m, self.v, self.t)
+
+
 class StyleTransfer:
     """The compiled optimisation for one CNN and one NST configuration.
 
@@ -93,7 +128,7 @@ class StyleTransfer:
         sees a GPU. There XLA fuses the step's element-wise work into few kernels
         (the program ``amnst bench export-xla`` writes is this step, so GPU
         figures measure it); on the CPU it was no faster than TensorFlow's own
-        kernels (README, Performance)."""
+        kernels (docs/performance.md)."""
         self.config = config
         if jit_compile is None:
             jit_compile = bool(tf.config.list_physical_devices("GPU"))
@@ -274,19 +309,18 @@ class StyleTransfer:
 
     # --- optimisation -------------------------------------------------------
 
-    def step_graph(self, state, content, grams, iteration):
-        """One guarded update of every active segment.
+    def step_graph(self, state: OptimiserState, content, grams, iteration):
+        """One guarded update of every active segment (:class:`OptimiserState`).
 
-        ``state`` is ``(x, m, v, t, lr, scheduled, retries, restored, active,
-        prev1, prev2)`` where ``prev1``/``prev2`` are the ``(x, m, v, t)`` of one
-        and two steps back. A segment whose loss or gradient is not finite is
+        A segment whose loss or gradient is not finite is
         rolled back to ``prev2`` with its learning rate halved (and the decay
         schedule dropped). The restored target itself evaluates finite, so
         rollbacks count as "in a row" until an update made after the restored
         step succeeds; after ``max_retries`` in a row the segment stops.
         """
         cfg = self.config
-        x, m, v, t, lr, scheduled, retries, restored, active, prev1, prev2 = state
+        x, m, v, t = state.snapshot
+        lr, retries, restored, active = state.lr, state.retries, state.restored, state.active
         with tf.GradientTape() as tape:
             tape.watch(x)
             content_loss, style_loss, objective = self._segment_losses(self._to_mel(x), content, grams)
@@ -299,7 +333,7 @@ class StyleTransfer:
         grad = tf.where(finite[:, None, None], grad, 0.0)
 
         decayed = cfg.learning_rate * cfg.decay_rate ** (iteration / cfg.decay_steps)
-        rate = tf.where(scheduled, decayed, lr)
+        rate = tf.where(state.scheduled, decayed, lr)
         t_next = t + 1.0
         if cfg.optimizer == "adam":
             m_next = ADAM_BETA1 * m + (1 - ADAM_BETA1) * grad
@@ -316,15 +350,14 @@ class StyleTransfer:
         retries = tf.where(failed, retries + 1, tf.where(ok & ~restored, 0, retries))
         restored = tf.where(active, failed, restored)
         # The rollback restores the whole optimiser state of two steps back.
-        current = (x, m, v, t)
-        updated = (x_next, m_next, v_next, t_next)
-        new = tuple(_select(ok, u, _select(failed, p2, c)) for u, p2, c in zip(updated, prev2, current))
-        new_prev1 = tuple(_select(ok, c, _select(failed, p2, p1)) for c, p2, p1 in zip(current, prev2, prev1))
-        new_prev2 = tuple(_select(ok, p1, p2) for p1, p2 in zip(prev1, prev2))
-        lr = tf.where(failed, rate * 0.5, lr)
-        scheduled = scheduled & ~failed
-        active = active & (retries <= cfg.max_retries)
-        state = (*new, lr, scheduled, retries, restored, active, new_prev1, new_prev2)
+        current, prev1, prev2 = state.snapshot, state.prev1, state.prev2
+        updated = Snapshot(x_next, m_next, v_next, t_next)
+        new = Snapshot(*(_select(ok, u, _select(failed, p2, c)) for u, p2, c in zip(updated, prev2, current)))
+        new_prev1 = Snapshot(*(_select(ok, c, _select(failed, p2, p1)) for c, p2, p1 in zip(current, prev2, prev1)))
+        new_prev2 = Snapshot(*(_select(ok, p1, p2) for p1, p2 in zip(prev1, prev2)))
+        state = OptimiserState(*new, lr=tf.where(failed, rate * 0.5, lr), scheduled=state.scheduled & ~failed,
+                               retries=retries, restored=restored, active=active & (retries <= cfg.max_retries),
+                               prev1=new_prev1, prev2=new_prev2)
         return state, loss, content_loss, style_loss, failed
 
     def initial_target(self, content_segments: np.ndarray, targets: StyleTargets,
@@ -356,7 +389,7 @@ class StyleTransfer:
         return np.abs(stacked) if self.config.parameterization == "log" else stacked
 
     def initial_state(self, content_segments: np.ndarray, targets: StyleTargets,
-                      indices: np.ndarray | None = None) -> tuple[tuple, tuple, tuple[tf.Tensor, ...]]:
+                      indices: np.ndarray | None = None) -> tuple[OptimiserState, tuple, tuple[tf.Tensor, ...]]:
         """The compiled step's inputs before the first update: the optimiser
         state (see :meth:`step_graph`), the content targets and the style Grams."""
         _check_segments(content_segments, "content segments")
@@ -365,16 +398,17 @@ class StyleTransfer:
         state, content = self.prepare_graph(tf.constant(content_segments, tf.float32), tf.constant(start))
         return state, content, tuple(tf.constant(g) for g in targets.grams)
 
-    def prepare_graph(self, content_segments: tf.Tensor, start: tf.Tensor) -> tuple[tuple, tuple]:
+    def prepare_graph(self, content_segments: tf.Tensor, start: tf.Tensor) -> tuple[OptimiserState, tuple]:
         """The optimiser state before the first update from starting mels ``start``
         and the content targets of ``content_segments``, both ``(B, n_mels, frames)``."""
         batch = content_segments.shape[0]
         x = self._from_mel(start)
         zeros = tf.zeros_like(x)
-        snapshot = (x, zeros, zeros, tf.zeros([batch]))
-        state = (*snapshot, tf.fill([batch], float(self.config.learning_rate)), tf.ones([batch], tf.bool),
-                 tf.zeros([batch], tf.int32), tf.zeros([batch], tf.bool), tf.ones([batch], tf.bool),
-                 snapshot, snapshot)
+        snapshot = Snapshot(x, zeros, zeros, tf.zeros([batch]))
+        state = OptimiserState(*snapshot, lr=tf.fill([batch], float(self.config.learning_rate)),
+                               scheduled=tf.ones([batch], tf.bool), retries=tf.zeros([batch], tf.int32),
+                               restored=tf.zeros([batch], tf.bool), active=tf.ones([batch], tf.bool),
+                               prev1=snapshot, prev2=snapshot)
         return state, self.content_targets(content_segments)
 
     def optimise(self, content_segments: np.ndarray, targets: StyleTargets,
@@ -397,18 +431,18 @@ class StyleTransfer:
             failures.append(failed)
             if progress is not None:
                 progress(iteration + 1)
-        x, active, prev2 = state[0], state[8], state[10]
+        x = state.x
         history.append(list(self._losses(x, content, grams)))
         # A final target with a non-finite loss is replaced by its rollback point.
         final_ok = tf.math.is_finite(history[-1][0])
-        x = _select(final_ok, x, prev2[0])
+        x = _select(final_ok, x, state.prev2.x)
         if not bool(tf.reduce_all(final_ok)):
             history[-1] = list(self._losses(x, content, grams))
         loss, content_loss, style_loss = (np.stack([np.asarray(h[k]) for h in history]) for k in range(3))
         rollbacks = np.sum([np.asarray(f) for f in failures], axis=0).astype(np.int32) if failures \
             else np.zeros(batch, np.int32)
         return NSTResult(np.asarray(self._to_mel(x)), loss, content_loss, style_loss,
-                         rollbacks, ~np.asarray(active))
+                         rollbacks, ~np.asarray(state.active))
 
 
 def optimise_piece(transfer: StyleTransfer, content_segments: np.ndarray, targets: StyleTargets,

@@ -12,13 +12,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -245,18 +242,13 @@ def cached_transfer(weights: Weights, preset: Preset) -> StyleTransfer:
     """The compiled NST for these weights and configuration, built once per process."""
     key = (weights.id, preset.audio, preset.nst)
     if key not in _TRANSFERS:
-        from amnst.model import load_model
+        from amnst.model import load_model, load_model_from_bytes
         from amnst.nst import StyleTransfer
 
         if weights.uri is None:
             model = load_model(None, seed=weights.seed)
         else:
-            # Keras loads weights from a file; the URI may be remote.
-            suffix = ".weights.h5" if weights.uri.endswith(".weights.h5") else Path(weights.uri).suffix
-            with tempfile.TemporaryDirectory() as folder:
-                local = Path(folder) / f"weights{suffix}"
-                local.write_bytes(storage.read_bytes(weights.uri))
-                model = load_model(local, seed=weights.seed, name=weights.uri)
+            model = load_model_from_bytes(storage.read_bytes(weights.uri), weights.uri, weights.seed)
         _TRANSFERS[key] = StyleTransfer(model, preset.nst, audio=preset.audio)
     return _TRANSFERS[key]
 

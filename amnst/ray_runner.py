@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -132,7 +131,7 @@ def setup_worker() -> dict[str, Any]:
     TensorFlow sizes its pools to the whole machine, so N one-CPU tasks on an
     N-core node would each run N threads; matched to the tasks' CPUs, two
     optimise tasks on this project's 2-core machine did 1.23x the work
-    (``amnst bench pipeline``, README, Performance). Pools can only be sized
+    (``amnst bench pipeline``, docs/performance.md). Pools can only be sized
     before TensorFlow starts, so a worker keeps those of its first TensorFlow task.
     Memory growth is what lets two tasks share a GPU (``num_gpus_per_task`` 0.5).
     """
@@ -366,17 +365,20 @@ class _Driver:
         self.release_recorded()
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, **options: Any) -> None:
     """Join the cluster at ``address`` or ``RAY_ADDRESS``; with neither, start a local Ray.
 
     ``"local"`` is explicit because a bare ``ray.init()`` would join any
-    cluster that ``ray start`` left registered on this machine.
+    cluster that ``ray start`` left registered on this machine. ``options``
+    are further ``ray.init`` arguments, over these defaults (a local instance's
+    size, its dashboard).
     """
     from amnst.devices import job_runtime_env
 
     # TF_FORCE_GPU_ALLOW_GROWTH=true for every worker of the job (amnst.devices).
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False,
-             include_dashboard=False, configure_logging=False, runtime_env=job_runtime_env())
+    defaults = dict(log_to_driver=False, include_dashboard=False, configure_logging=False,
+                    runtime_env=job_runtime_env())
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **{**defaults, **options})
 
 
 def run_manifest(manifest_uri: str, options: RunOptions,

@@ -618,12 +618,7 @@ def _read_outcome(folder: Path) -> tuple[TrainState, bytes]:
 
 # --- epoch rows ------------------------------------------------------------------------------
 
-_TIMESTAMP = pa.timestamp("us", tz="UTC")
-_PARTITIONING = pa.schema([("date", pa.string()), ("run_id", pa.string())])
-TRAINING_SCHEMA = pa.schema([
-    pa.field("schema_version", pa.int16(), nullable=False),
-    pa.field("date", pa.string(), nullable=False),
-    pa.field("run_id", pa.string(), nullable=False),
+TRAINING_SCHEMA = metadata.table_schema(
     pa.field("epoch", pa.int32(), nullable=False),
     ("learning_rate", pa.float64()),
     ("train_loss", pa.float64()),
@@ -641,10 +636,10 @@ TRAINING_SCHEMA = pa.schema([
     ("global_batch", pa.int32()),
     ("resumed", pa.bool_()),  # the first epoch after restoring a checkpoint
     ("fingerprint", pa.string()),
-    ("finished_at", _TIMESTAMP),
-])
+    ("finished_at", metadata.TIMESTAMP),
+)
 # Inside the files: everything but the partition columns, which live in the path.
-_FILE_SCHEMA = pa.schema([f for f in TRAINING_SCHEMA if f.name not in _PARTITIONING.names])
+_FILE_SCHEMA = pa.schema([f for f in TRAINING_SCHEMA if f.name not in metadata.PARTITIONING.names])
 
 
 def training_partition(output_uri: str, run_id: str, started_at: datetime) -> str:
@@ -673,7 +668,7 @@ def read_epochs(output_uri: str) -> pa.Table:
              if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
              and not info.base_name.startswith(("_", "."))]
     dataset = ds.dataset(paths, schema=TRAINING_SCHEMA, format="parquet", filesystem=fs,
-                         partitioning=ds.partitioning(_PARTITIONING, flavor="hive"), partition_base_dir=base)
+                         partitioning=ds.partitioning(metadata.PARTITIONING, flavor="hive"), partition_base_dir=base)
     return dataset.to_table().sort_by("finished_at")
 
 
@@ -900,14 +895,10 @@ def evaluate(data_uri: str, weights_uri: str, split: str = "all", val_fraction: 
 
 
 def _load_model(weights_uri: str) -> keras.Model:
-    """The seed CNN with weights from a URI: Keras loads only from a local file."""
-    from amnst.model import load_model
+    """The seed CNN with weights from a URI."""
+    from amnst.model import load_model_from_bytes
 
-    suffix = ".weights.h5" if weights_uri.endswith(".weights.h5") else Path(weights_uri).suffix
-    with tempfile.TemporaryDirectory() as folder:
-        local = Path(folder) / f"weights{suffix}"
-        local.write_bytes(storage.read_bytes(weights_uri))
-        return load_model(local, name=weights_uri)
+    return load_model_from_bytes(storage.read_bytes(weights_uri), weights_uri)
 
 
 def format_evaluation(evaluation: Evaluation) -> str:

@@ -9,7 +9,7 @@ cluster through RAY_ADDRESS.
 
 import sys
 
-from amnst.nightly import main
+from amnst.cli import nightly_main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(nightly_main(sys.argv[1:]))

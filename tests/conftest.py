@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -67,4 +70,29 @@ def segments_of(y: np.ndarray, preset_name: str, count: int | None = None, full:
 def write_wav(path: Path, y: np.ndarray, sample_rate: int = 22050) -> Path:
     path.write_bytes(audio.encode(y, sample_rate, "wav"))
     return path
-from tests.s3_server import moto_server, s3_env, s3_bucket  # noqa: F401
+from tests.s3_server import aws_endpoint, moto_server, s3_bucket, s3_env  # noqa: F401
+
+
+@contextlib.contextmanager
+def local_ray_instance(endpoint: str | None = None, **options: Any) -> Iterator[str]:
+    """A Ray of its own on this machine, started as ``amnst run`` starts one
+    (``ray_runner.connect``), of 2 CPUs unless ``options`` say otherwise; its
+    workers reach ``endpoint``, if given, through the standard AWS variables,
+    which are restored afterwards. Yields its GCS address."""
+    import ray
+
+    from amnst.ray_runner import connect
+
+    with contextlib.ExitStack() as stack:
+        if endpoint is not None:
+            stack.enter_context(aws_endpoint(endpoint))
+        connect("local", **{"num_cpus": 2, **options})
+        stack.callback(ray.shutdown)
+        yield ray.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="module")
+def local_ray(moto_server: str) -> Iterator[str]:
+    """A local Ray whose workers reach the moto endpoint; yields its address."""
+    with local_ray_instance(moto_server) as address:
+        yield address

@@ -6,6 +6,8 @@ boto3 is patched in-process.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import random
 import socket
@@ -74,6 +76,22 @@ def _answers(url: str) -> bool:
     return True
 
 
+def aws_environment(endpoint: str) -> dict[str, str]:
+    """The variables that point boto3 and pyarrow at ``endpoint`` with the fake
+    credentials, as production points them at S3; Ray workers inherit them."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": FAKE_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": FAKE_SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def aws_endpoint(endpoint: str) -> Iterator[None]:
+    """:func:`aws_environment` set for the block; the environment as it was afterwards."""
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in aws_environment(endpoint).items():
+            env.setenv(name, value)
+        yield
+
+
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory) -> Iterator[str]:
     """Start ``moto_server`` for the session and yield its endpoint URL."""
@@ -105,10 +123,8 @@ def moto_server(tmp_path_factory) -> Iterator[str]:
 @pytest.fixture
 def s3_env(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Point boto3 at a freshly reset moto server with fake credentials; yield the endpoint."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET_KEY)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name, value in aws_environment(moto_server).items():
+        monkeypatch.setenv(name, value)
     # A developer's own AWS set-up must not leak into the tests.
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_REGION",
                  "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"):

@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import ray
 
 from amnst import audio, claims, metadata, storage, synth
 from amnst.claims import Claim, ClaimKeeper, claim_uri
 from amnst.config import get_preset
 from amnst.ray_runner import RunOptions, run_manifest
 from amnst.reliability import Driver
+from tests.conftest import local_ray_instance
 
 PRESET = get_preset("default").with_overrides(iterations=2)
 SECONDS = 3.0  # one segment a pair
@@ -126,16 +126,8 @@ def test_claims_are_renewed_while_held_and_released_at_the_end(output):
 @pytest.fixture(scope="module")
 def ray_address(moto_server):
     """A local Ray whose workers, and the drivers that join it, reach the moto endpoint."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in dict(AWS_ENDPOINT_URL=moto_server, AWS_ACCESS_KEY_ID="testing",
-                                AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1").items():
-            patch.setenv(name, value)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-        try:
-            yield ray.get_runtime_context().gcs_address
-        finally:
-            ray.shutdown()
+    with local_ray_instance(moto_server) as address:
+        yield address
 
 
 def write_pairs(output: str, count: int, seconds: float = SECONDS) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from amnst import nightly, synth
+from amnst import cli, synth
 from amnst.cli import build_parser, main, preset_from_args, run_options_from_args
 from amnst.config import get_preset
 from tests.conftest import write_wav
@@ -166,7 +166,7 @@ def test_run_and_nightly_refuse_bad_values_before_ray(tmp_path, capsys, no_decod
     status, err = _status_and_errors(["run", str(missing), "--output", str(out), *option], capsys)
     assert status == 2 and len(err) == 1 and message in err[0], err
     status, err = _status_and_errors(["--manifests", str(tmp_path), "--output", str(out), *option], capsys,
-                                     nightly.main)
+                                     cli.nightly_main)
     assert status == 2 and len(err) == 1 and message in err[0], err
     assert not out.exists()
 
@@ -258,7 +258,7 @@ def test_directories_and_missing_files_are_named_before_any_work(inputs, tmp_pat
         assert (status, err) == (expected[0], [f"amnst: error: {expected[1]}"])
     status, err = _status_and_errors(["run", str(manifest), "--output", str(manifest)], capsys)
     assert (status, err) == (2, [f"amnst: error: {manifest}: is not a directory"])
-    status, err = _status_and_errors(["--manifests", str(manifest), "--output", str(batch_out)], capsys, nightly.main)
+    status, err = _status_and_errors(["--manifests", str(manifest), "--output", str(batch_out)], capsys, cli.nightly_main)
     assert (status, err) == (2, [f"nightly: error: {manifest}: is not a directory"])
     assert not batch_out.exists()
 
@@ -278,7 +278,7 @@ def test_strength_reaches_the_preset(command, capsys):
 def test_run_and_nightly_carry_strength_into_their_options(tmp_path):
     run = build_parser().parse_args(["run", "m.csv", "--output", str(tmp_path), "--strength", "0.5"])
     assert run_options_from_args(run).preset.nst.strength == 0.5
-    night = nightly.build_parser().parse_args(["--manifests", str(tmp_path), "--output", str(tmp_path),
+    night = cli.build_nightly_parser().parse_args(["--manifests", str(tmp_path), "--output", str(tmp_path),
                                                "--strength", "0.75"])
     assert run_options_from_args(night).preset.nst.strength == 0.75
 
@@ -290,7 +290,7 @@ def test_run_and_nightly_refuse_a_bad_strength_before_starting(tmp_path, capsys)
     assert main(["run", str(manifest), "--output", str(out), "--strength", "1.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["amnst: error: strength=1.5 must be in [0, 1]"]
-    assert nightly.main(["--manifests", str(tmp_path), "--output", str(out), "--strength", "-0.1"]) == 2
+    assert cli.nightly_main(["--manifests", str(tmp_path), "--output", str(out), "--strength", "-0.1"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["nightly: error: strength=-0.1 must be in [0, 1]"]
     assert not out.exists()
 

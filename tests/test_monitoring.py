@@ -42,8 +42,8 @@ import pytest
 import yaml
 
 from amnst import metrics
-from tests.conftest import system_program
-from tests.s3_server import free_port
+from tests.conftest import local_ray_instance, system_program
+from tests.s3_server import aws_endpoint, aws_environment, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
@@ -450,13 +450,9 @@ def observed(servers, moto_server, tmp_path_factory) -> Iterator[Observations]:
     work = tmp_path_factory.mktemp("monitoring")
     ports = {name: free_port() for name in ("driver", "train", "gateway", "prometheus")}
     gateway = f"127.0.0.1:{ports['gateway']}"
-    aws = dict(AWS_ENDPOINT_URL=moto_server, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-               AWS_DEFAULT_REGION="us-east-1")
     manifest = put_inputs(moto_server, "amnst-monitoring")
 
-    with contextlib.ExitStack() as stack, pytest.MonkeyPatch.context() as env:
-        for name, value in aws.items():
-            env.setenv(name, value)
+    with contextlib.ExitStack() as stack, aws_endpoint(moto_server):
         stack.enter_context(background(
             [gateway_bin, f"--web.listen-address={gateway}", f"--persistence.file={work / 'gateway.data'}"],
             work / "pushgateway.log", f"http://{gateway}/-/ready"))
@@ -467,10 +463,9 @@ def observed(servers, moto_server, tmp_path_factory) -> Iterator[Observations]:
         # list. A short temp dir of our own (Ray's socket paths are length-capped).
         ray_dir = Path(tempfile.mkdtemp(prefix="amnst-ray-"))
         stack.callback(shutil.rmtree, ray_dir, ignore_errors=True)
-        ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
-                 _temp_dir=str(ray_dir), log_to_driver=False, configure_logging=False,
-                 _system_config={"metrics_report_interval_ms": 1000})
-        stack.callback(ray.shutdown)
+        stack.enter_context(local_ray_instance(
+            include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(), _temp_dir=str(ray_dir),
+            _system_config={"metrics_report_interval_ms": 1000}))
         sd_file = ray_dir / "prom_metrics_service_discovery.json"
         deadline = time.monotonic() + 60
         while not (sd_file.exists() and json.loads(sd_file.read_text() or "[]")):
@@ -521,7 +516,7 @@ def observed(servers, moto_server, tmp_path_factory) -> Iterator[Observations]:
 
         # Tonight: `amnst run` as its own process, on the test's Ray, serving
         # /metrics and pushing its outcome at the end.
-        driver_env = {**os.environ, **aws, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+        driver_env = {**os.environ, **aws_environment(moto_server), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
         with (work / "driver.out").open("w") as out, (work / "driver.err").open("w") as err:
             driver = subprocess.Popen(
                 [sys.executable, "-m", "amnst.cli", "run", manifest, "--output", "s3://amnst-monitoring/out",

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import ray
 
 from amnst import audio, metadata, synth
 from amnst.config import get_preset
 from amnst.nightly import RECORD_FOLDER, due_manifests, run_night
 from amnst.ray_runner import RunOptions
+from tests.conftest import local_ray_instance
 
 PRESET = get_preset("default").with_overrides(iterations=2)
 NIGHT_1, NIGHT_2 = datetime.date(2026, 1, 1), datetime.date(2026, 1, 2)
@@ -20,11 +20,8 @@ NIGHT_1, NIGHT_2 = datetime.date(2026, 1, 1), datetime.date(2026, 1, 2)
 
 @pytest.fixture(scope="module")
 def local_ray():
-    # "local": a Ray of its own, even where a `ray start` on this machine would be joined by default.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    yield
-    ray.shutdown()
+    with local_ray_instance():
+        yield
 
 
 def write(path: Path, data: bytes | str) -> Path:

@@ -7,10 +7,8 @@ are most of a test's time on a small machine.
 
 from __future__ import annotations
 
-import os
 
 import pytest
-import ray
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
 from amnst import audio, capacity, metadata, reliability, synth
@@ -18,6 +16,7 @@ from amnst.bench import style_gram_bytes
 from amnst.config import get_preset
 from amnst.model import build_model
 from amnst.ray_runner import RunOptions, run_manifest
+from tests.s3_server import aws_endpoint
 
 PRESET = get_preset("default")
 PAIRS, PAIR_SECONDS, MAX_IN_FLIGHT = 4, 6.0, 6
@@ -27,9 +26,7 @@ PAIRS, PAIR_SECONDS, MAX_IN_FLIGHT = 4, 6.0, 6
 def gpu_cluster(moto_server):
     """A CPU-only head and two nodes of one logical GPU and two CPUs each, whose
     workers reach the moto endpoint through the standard variables."""
-    os.environ.update(AWS_ENDPOINT_URL=moto_server, AWS_ACCESS_KEY_ID="testing",
-                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    with reliability.gpu_cluster(cpus_per_node=2) as cluster_and_nodes:
+    with aws_endpoint(moto_server), reliability.gpu_cluster(cpus_per_node=2) as cluster_and_nodes:
         yield cluster_and_nodes
 
 

@@ -6,31 +6,19 @@ import io
 import os
 import subprocess
 import sys
-import threading
-import time
 
 import boto3
 import numpy as np
-import pytest
 import ray
 import soundfile as sf
 
 from amnst import audio, metadata, synth
 from amnst.config import get_preset
 from amnst.ray_runner import EXIT_PARTIAL, RunOptions, run_manifest
+from tests.s3_server import aws_environment
 
 PRESET = get_preset("default").with_overrides(iterations=3)
 BUCKET = "s3://amnst-test"
-
-
-@pytest.fixture(scope="module")
-def local_ray(moto_server):
-    """A local Ray whose workers reach the moto endpoint through the standard variables."""
-    os.environ.update(AWS_ENDPOINT_URL=moto_server, AWS_ACCESS_KEY_ID="testing",
-                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 def put(key: str, data: bytes) -> str:
@@ -187,8 +175,7 @@ def test_run_matches_transfer_with_one_segment_per_task(local_ray, s3_bucket, tm
 def test_amnst_run_against_moto_with_only_the_endpoint_variable(local_ray, s3_bucket, moto_server):
     manifest = write_manifest(write_inputs(1))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ENDPOINT_URL=moto_server, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-               AWS_DEFAULT_REGION="us-east-1", RAY_ADDRESS=local_ray)
+    env.update(aws_environment(moto_server), RAY_ADDRESS=local_ray)
     done = subprocess.run([sys.executable, "jobs/nst_batch.py", manifest, "--output", f"{BUCKET}/cli",
                            "--iterations", "2"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

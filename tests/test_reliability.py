@@ -31,6 +31,7 @@ import ray
 from amnst import metadata, model, reliability, storage
 from amnst.faultproxy import FaultPlan, FaultProxy
 from amnst.ray_runner import EXIT_OK, EXIT_PARTIAL, RunOptions, run_manifest
+from tests.conftest import local_ray_instance
 from tests.s3_server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, free_port
 
 
@@ -44,18 +45,12 @@ def proxy(moto_server):
 def ray_session(proxy):
     """A local Ray in a private temp dir; yields its session folder (logs included)."""
     temp_dir = tempfile.mkdtemp(prefix="rr", dir="/tmp")  # short: Ray's socket paths are limited
-    with pytest.MonkeyPatch.context() as patch:
-        # Workers inherit this environment: S3 through the proxy, with the planted secret.
-        for name, value in dict(AWS_ENDPOINT_URL=proxy.url, AWS_ACCESS_KEY_ID=FAKE_ACCESS_KEY,
-                                AWS_SECRET_ACCESS_KEY=FAKE_SECRET_KEY, AWS_DEFAULT_REGION="us-east-1").items():
-            patch.setenv(name, value)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, _temp_dir=temp_dir)
-        try:
+    # Workers inherit the environment: S3 through the proxy, with the planted secret.
+    try:
+        with local_ray_instance(proxy.url, _temp_dir=temp_dir):
             yield Path(ray._private.worker.global_worker.node.get_session_dir_path())
-        finally:
-            ray.shutdown()
-            shutil.rmtree(temp_dir, ignore_errors=True)
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from amnst.cli import main
 from amnst.config import get_preset
 from amnst.ray_runner import RunOptions, run_manifest
 from tests.conftest import system_program, write_wav
-from tests.test_ray_runner import local_ray  # noqa: F401  (a local Ray that reaches moto)
 
 PRESET = get_preset("default").with_overrides(iterations=3)
 

@@ -31,10 +31,10 @@ import boto3
 import pytest
 import yaml
 
-from amnst import audio, metadata, nightly, synth
+from amnst import audio, cli, metadata, synth
 from amnst.cli import build_parser, main
 from amnst.nightly import RECORD_FOLDER
-from tests.s3_server import BUCKET, FAKE_ACCESS_KEY, FAKE_SECRET_KEY, free_port
+from tests.s3_server import BUCKET, aws_environment, free_port
 
 # Raised inside Ray's own job client while it follows the logs.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
@@ -92,9 +92,8 @@ def _head_env(moto_server: str, token: str) -> dict[str, str]:
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
                # Job entrypoints run `python ...`: this venv's.
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-               AWS_ENDPOINT_URL=moto_server, AWS_ACCESS_KEY_ID=FAKE_ACCESS_KEY,
-               AWS_SECRET_ACCESS_KEY=FAKE_SECRET_KEY, AWS_DEFAULT_REGION="us-east-1",
-               AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+               **aws_environment(moto_server), AWS_CONFIG_FILE=os.devnull,
+               AWS_SHARED_CREDENTIALS_FILE=os.devnull)
     return env
 
 
@@ -264,7 +263,7 @@ def test_the_schedules_submit_a_night_that_amnst_accepts():
     args = build_parser().parse_args(submitter["command"][1:])
     assert submitter["command"][0] == "amnst" and (args.kind, args.wait) == ("nightly", True)
     assert args.address == "http://amnst-head-svc:8265" and args.submission_id is None  # amnst-nightly-<date>
-    night = nightly.build_parser().parse_args(args.job_args)
+    night = cli.build_nightly_parser().parse_args(args.job_args)
     token = next(e for e in submitter["env"] if e["name"] == "RAY_AUTH_TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": "amnst-ray-auth", "key": "auth_token"}
 
@@ -273,6 +272,6 @@ def test_the_schedules_submit_a_night_that_amnst_accepts():
     template = ray_cron["spec"]["jobTemplate"]
     words = shlex.split(template["entrypoint"])
     assert words[:2] == ["python", "/home/ray/app/jobs/nightly.py"]
-    same_night = nightly.build_parser().parse_args(words[2:])
+    same_night = cli.build_nightly_parser().parse_args(words[2:])
     assert (same_night.manifests, same_night.output) == (night.manifests, night.output)
     assert template["clusterSelector"] == {"ray.io/cluster": "amnst"}

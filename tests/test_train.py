@@ -11,14 +11,13 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-import ray
 
 from amnst import audio, storage, synth, train
 from amnst.cli import EXIT_USAGE, main
 from amnst.config import AudioConfig
 from amnst.model import GENRES
 from amnst.reliability import ProcessKiller, descendants_named
-from tests.conftest import write_wav
+from tests.conftest import local_ray_instance, write_wav
 
 BUCKET = "amnst-train"
 GENRE_SET = ("classical", "disco", "reggae")
@@ -157,20 +156,11 @@ def cluster(moto_server):
 
     Module-scoped, so the S3 fixtures that reset moto per test are not used here.
     """
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in dict(AWS_ENDPOINT_URL=moto_server, AWS_ACCESS_KEY_ID="testing",
-                                AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1").items():
-            env.setenv(name, value)
+    with local_ray_instance(moto_server):
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         data = f"s3://{BUCKET}/gtzan"
         train.write_synthetic_gtzan(data, tracks_per_genre=6, seconds=10.0, genres=GENRE_SET, corrupt=CORRUPT)
-        # "local": a cluster of our own, even where another `ray start` left its address behind.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-        try:
-            yield data
-        finally:
-            ray.shutdown()
+        yield data
 
 
 @pytest.fixture(scope="module")
