@@ -54,7 +54,7 @@ COPY --chown=1000:100 jobs ./jobs
 # stack shares it with Prometheus for Ray's file_sd targets) then starts out owned by it, not by root.
 RUN pip install --no-cache-dir --no-deps . && mkdir -p /tmp/ray
 # librosa's numba kernels, compiled into the image: workers compiling them at once crash (quality.py).
-RUN python -c 'from amnst import quality; quality.compile_kernels()'
+RUN python -c 'from amnst.engine import quality; quality.compile_kernels()'
 
 # No credentials in the image: S3 keys and the Ray token come from the environment at run time
 # (Kubernetes Secrets or IRSA, or the variables of the local stack).

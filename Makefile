@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[cpu,dev]'
 	# librosa's numba kernels, compiled once here: workers compiling them at once crash (quality.py).
-	$(BIN)/python -c 'from amnst import quality; quality.compile_kernels()'
+	$(BIN)/python -c 'from amnst.engine import quality; quality.compile_kernels()'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -7,6 +7,7 @@ Heavy libraries (TensorFlow, librosa) are imported inside the commands, so
 from __future__ import annotations
 
 import argparse
+import importlib
 import contextlib
 import datetime
 import io
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     assess = commands.add_parser(
         "assess", help="measure an output's quality against its content and style",
-        description="Print the quality measures of amnst.quality (content preservation, style match, "
+        description="Print the quality measures of amnst.engine.quality (content preservation, style match, "
                     "noise, peak) of OUTPUT against CONTENT and STYLE, as JSON.")
     assess.add_argument("output")
     assess.add_argument("content")
@@ -128,87 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_training_commands(commands)
 
-    bench = commands.add_parser("bench", help="measure speed against baselines in the same run")
-    bench_commands = bench.add_subparsers(required=True, metavar="BENCHMARK")
-    for name, helptext in (("nst", "compiled NST step against a seed-faithful eager loop and the matmul rate"),
-                           ("invert", "fast batched inversion against librosa's mel_to_audio"),
-                           ("pipeline", "Ray's overhead per task and the driver's memory against manifest size"),
-                           ("train", "CNN training samples/s on Ray with 1 and 2 workers, and on a GPU if any"),
-                           ("reliability", "bad inputs, storage faults, worker, driver and node loss: pairs "
-                                           "expected, done, lost and duplicated (--quick: no 10-minute piece)")):
-        _add_bench_parser(bench_commands, name, helptext, "fewer repeats (for smoke tests)")
-    quality = _add_bench_parser(
-        bench_commands, "quality", "presets over the synthesized evaluation set, against reference rows",
-        "three pairs, ten iterations (smoke test)",
-        description="Run presets and variants over the synthesized evaluation pairs and print a table of "
-                    "quality measures, with the content itself and a plain mix as reference rows.")
-    quality.add_argument("--preset", action="append", dest="presets", help="a preset to run (repeatable)")
-    quality.add_argument("--variant", action="append", default=[],
-                         help='a preset with overrides, e.g. "default:style_weight=100,style_layers=4+8"')
-    quality.add_argument("--weights", help="CNN weights for every method (default: seeded random)")
-    quality.add_argument("--seconds", type=_positive_float, default=10.0, help="length of each pair (s)")
-    quality.add_argument("--frontier", action="store_true",
-                         help="instead, sweep each design's strength and the plain mix's style share, and "
-                              "report each design's margin over the mix frontier (docs/quality.md)")
-    quality.add_argument("--plot", help="with --frontier: write the curves to this PNG (default: beside --json)")
-    e2e = _add_bench_parser(
-        bench_commands, "e2e", "seconds of compute per second of audio, stage by stage, for pairs of each length",
-        "2 iterations, pairs of 4 and 8 s (smoke test)",
-        description="Run one synthesized pair per length through the batch runner's stages in this process "
-                    "or, with --workers, its optimise tasks on Ray (default preset, files in a temporary "
-                    "folder) and report seconds per stage and per "
-                    "second of audio, the 0.5 target, and how cost per audio second spreads across lengths.")
-    e2e.add_argument("--seconds", type=_positive_float, nargs="+", default=[10.0, 30.0, 120.0],
-                     help="pair lengths (s)")
-    e2e.add_argument("--segments-per-task", type=_positive_int,
-                     help="segments per optimise call (default: amnst run's)")
-    e2e.add_argument("--workers", type=_non_negative_int, default=0,
-                     help="run the optimise tasks as amnst run does, as one-CPU Ray tasks on a local instance "
-                          "of this many CPUs (default 0: in this process)")
-    e2e.add_argument("--baseline", help='a variant timed alike in the same rounds, with the cost ratio, '
-                                        'e.g. "default:iterations=20" (as bench quality --variant)')
-    e2e.add_argument("--rounds", type=_positive_int, default=1,
-                     help="time every length this many times, lengths in turn, and report each length's "
-                          "median round (default 1)")
-    capacity = _add_bench_parser(
-        bench_commands, "capacity", "GPU workers and budgets for a nightly batch, from measured CPU costs",
-        "without --e2e: a quick e2e (smoke test)",
-        description="The capacity model (amnst.capacity): GPU workers, CPU cores, max in flight, object "
-                    "store, driver and storage budgets for a batch, from `amnst bench e2e` figures and a "
-                    "GPU rate, measured on the card (--gpu) or assumed (--gpu-fraction).")
-    capacity.add_argument("--e2e", help="figures of `amnst bench e2e --json` (default: measure a 30 s pair)")
-    capacity.add_argument("--pairs", type=_positive_int, default=100_000, help="pairs in the batch")
-    capacity.add_argument("--pair-seconds", type=_positive_float, default=180.0, help="length of each pair (s)")
-    capacity.add_argument("--window-hours", type=_positive_float, default=8.0, help="time to finish it (h)")
-    gpu_rate = capacity.add_mutually_exclusive_group()
-    gpu_rate.add_argument("--gpu", help="figures of `python -m amnst.xla_replay --json` measured on the card")
-    gpu_rate.add_argument("--gpu-fraction", type=_unit_fraction,
-                          help="assume this sustained fraction of the H100's FP32 rate (default: 0.2)")
-    export = bench_commands.add_parser(
-        "export-xla", help="write the GPU stages as XLA programs, to time on a card with `amnst.xla_replay`",
-        description="Write the default preset's NST step (per batch size) and the fast inversion of a "
-                    "synthesized pair as XLA HLO, with their inputs and TensorFlow's results, for "
-                    "`python -m amnst.xla_replay FOLDER` to check and time on any XLA device (it needs "
-                    "NumPy and jaxlib, not TensorFlow).")
-    export.add_argument("folder", help="where to write the programs (created)")
-    export.add_argument("--batch", type=_positive_int, action="append", dest="batches",
-                        help="segments per step program (repeatable; default 1, 7, 14, 28 and 56)")
-    export.add_argument("--seconds", type=_positive_float, default=30.0, help="length of the pair (s)")
-    export.add_argument("--no-tf32", action="store_true",
-                        help="full FP32 convolutions and products (default: TensorFloat-32 allowed, as TF does)")
-    export.set_defaults(command=command_export_xla)
+    _add_harness_commands(commands)
     add_submit_parser(commands)
     return parser
 
 
-def _add_bench_parser(bench_commands: Any, name: str, helptext: str, quick_help: str,
-                      description: str | None = None) -> argparse.ArgumentParser:
-    """``amnst bench NAME``, with the ``--json`` and ``--quick`` every benchmark takes."""
-    sub = bench_commands.add_parser(name, help=helptext, description=description or helptext)
-    sub.add_argument("--json", help="also write the figures to this file")
-    sub.add_argument("--quick", action="store_true", help=quick_help)
-    sub.set_defaults(command=command_bench, benchmark=name)
-    return sub
+def _add_harness_commands(commands: Any) -> None:
+    """``amnst bench ...``: the benchmarks and fault scenarios of the harness
+    (``amnst.bench``), found by name so that the product never imports it. An
+    install without the harness (the image) has no ``bench`` command."""
+    try:
+        harness = importlib.import_module("amnst.bench.commands")
+    except ModuleNotFoundError as error:
+        if error.name not in ("amnst.bench", "amnst.bench.commands"):
+            raise
+        return
+    harness.add_bench_commands(commands)
 
 
 def add_training_commands(commands: Any) -> None:
@@ -275,8 +211,8 @@ def run_options_from_args(args: argparse.Namespace) -> Any:
     Looks at no file: ``amnst submit`` judges a job's options with it on a
     machine that may not see the job's files (``check_batch_paths`` does that).
     """
-    from amnst import storage
-    from amnst.ray_runner import RunOptions
+    from amnst.batch import storage
+    from amnst.batch.ray_runner import RunOptions
 
     preset = preset_from_args(args)
     try:
@@ -290,7 +226,7 @@ def run_options_from_args(args: argparse.Namespace) -> Any:
 def check_batch_paths(args: argparse.Namespace, manifest: str | None = None) -> None:
     """The local paths of a batch, before Ray starts: the output prefix is a folder, the weights
     a file and ``manifest`` (if given) a readable manifest; S3 ones are checked when read."""
-    from amnst.manifest import ManifestError, check_manifest
+    from amnst.batch.manifest import ManifestError, check_manifest
 
     check_folder(args.output)
     check_input_file(args.weights, "no such weight file")
@@ -367,9 +303,10 @@ def command_demo(args: argparse.Namespace) -> int:
 def command_run(args: argparse.Namespace) -> int:
     import ray
 
-    from amnst import metrics, storage
-    from amnst.manifest import ManifestError
-    from amnst.ray_runner import connect, run_manifest
+    from amnst.ops import metrics
+    from amnst.batch import storage
+    from amnst.batch.manifest import ManifestError
+    from amnst.batch.ray_runner import connect, run_manifest
 
     options = run_options_from_args(args)
     check_batch_paths(args, args.manifest)
@@ -396,7 +333,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from amnst import report, storage
+    from amnst.batch import report, storage
 
     try:
         page = report.write_report(report.locate(args.run_uri))
@@ -425,11 +362,12 @@ def run_transfer(content_path: Path, style_path: Path, output: Path, preset: Any
     """Load, transfer, write atomically, and print a summary; one-line errors otherwise."""
     from tqdm import tqdm
 
-    from amnst import audio, storage
-    from amnst.audio import AudioError
-    from amnst.model import WeightsError, load_model
-    from amnst.nst import StyleTransfer, piece_loss_curve
-    from amnst.pipeline import Weights, noticed, transfer_pair
+    from amnst.engine import audio
+    from amnst.batch import storage
+    from amnst.engine.audio import AudioError
+    from amnst.engine.model import WeightsError, load_model
+    from amnst.engine.nst import StyleTransfer, piece_loss_curve
+    from amnst.batch.pipeline import Weights, noticed, transfer_pair
 
     started = time.perf_counter()
     try:
@@ -470,7 +408,7 @@ def run_transfer(content_path: Path, style_path: Path, output: Path, preset: Any
 
 
 def command_assess(args: argparse.Namespace) -> int:
-    from amnst import audio, quality
+    from amnst.engine import audio, quality
     from amnst.config import get_preset
 
     config = get_preset("default").audio
@@ -485,8 +423,8 @@ def command_assess(args: argparse.Namespace) -> int:
 
 
 def command_weights_import(args: argparse.Namespace) -> int:
-    from amnst.model import WeightsError, import_original_weights
-    from amnst.pipeline import Weights
+    from amnst.engine.model import WeightsError, import_original_weights
+    from amnst.batch.pipeline import Weights
 
     check_input_file(args.original, "no such weight file")
     check_output_file(args.out)
@@ -502,9 +440,9 @@ def command_train(args: argparse.Namespace) -> int:
     import ray
     from ray.train import TrainingFailedError
 
-    from amnst import storage
-    from amnst.ray_runner import connect
-    from amnst.train import DatasetError, train
+    from amnst.batch import storage
+    from amnst.batch.ray_runner import connect
+    from amnst.train.cnn import DatasetError, train
 
     options = train_options_from_args(args)
     check_folder(args.data, EXIT_INPUT)
@@ -525,8 +463,8 @@ def command_train(args: argparse.Namespace) -> int:
 
 def train_options_from_args(args: argparse.Namespace) -> Any:
     """The TrainOptions of ``amnst train``'s arguments; bad values raise CommandError (looks at no file)."""
-    from amnst import storage
-    from amnst.train import TrainOptions
+    from amnst.batch import storage
+    from amnst.train.cnn import TrainOptions
 
     try:
         return TrainOptions(args.data, storage.check_uri(args.output), args.workers, args.epochs,
@@ -537,9 +475,9 @@ def train_options_from_args(args: argparse.Namespace) -> Any:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from amnst import storage
-    from amnst.model import WeightsError
-    from amnst.train import DatasetError, evaluate, format_evaluation
+    from amnst.batch import storage
+    from amnst.engine.model import WeightsError
+    from amnst.train.cnn import DatasetError, evaluate, format_evaluation
 
     check_folder(args.data, EXIT_INPUT)
     check_input_file(args.weights, "no such weight file")
@@ -547,69 +485,6 @@ def command_evaluate(args: argparse.Namespace) -> int:
         print(format_evaluation(evaluate(args.data, args.weights, args.split, args.val_fraction, args.seed)))
     except (DatasetError, WeightsError, storage.StorageError) as error:
         raise CommandError(str(error)) from None
-    return EXIT_OK
-
-
-def command_bench(args: argparse.Namespace) -> int:
-    from amnst import bench, frontier
-
-    _check_bench_options(args)
-    options = {}
-    if args.benchmark == "quality":
-        options = dict(presets=tuple(args.presets or ("seed", "default")), variants=tuple(args.variant),
-                       weights=args.weights, seconds=args.seconds, frontier=args.frontier,
-                       plot=args.plot or (str(Path(args.json).with_suffix(".png")) if args.frontier and args.json
-                                          else None))
-    elif args.benchmark == "e2e":
-        options = dict(seconds=tuple(args.seconds), segments_per_task=args.segments_per_task, workers=args.workers,
-                       rounds=args.rounds, baseline=args.baseline)
-    elif args.benchmark == "capacity":
-        options = dict(e2e=args.e2e, pairs=args.pairs, pair_seconds=args.pair_seconds,
-                       window_hours=args.window_hours, gpu=args.gpu)
-        if args.gpu_fraction is not None:
-            options["gpu_fraction"] = args.gpu_fraction
-    figures = bench.BENCHMARKS[args.benchmark](quick=args.quick, **options)
-    text = json.dumps(figures, indent=2)
-    tables = {"quality": bench.quality_table, "quality-frontier": frontier.table, "e2e": bench.e2e_table,
-              "reliability": lambda figures: figures["table"]}
-    kind = figures.get("benchmark", args.benchmark)
-    print(tables[kind](figures) if kind in tables else text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    return EXIT_OK
-
-
-def _check_bench_options(args: argparse.Namespace) -> None:
-    """A benchmark's presets, variants and files, judged before it spends minutes measuring."""
-    from amnst.bench import _variant  # the one parser of "base:key=value,..."
-    from amnst.config import ConfigError, get_preset
-
-    try:
-        for name in getattr(args, "presets", None) or ():
-            get_preset(name)
-        for text in [*getattr(args, "variant", ()), *filter(None, [getattr(args, "baseline", None)])]:
-            try:
-                _variant(text)
-            except ConfigError as error:
-                raise ConfigError(f"variant {text!r}: {error}") from None
-    except ConfigError as error:
-        raise CommandError(str(error), EXIT_USAGE) from None
-    for name in ("e2e", "gpu"):
-        check_input_file(getattr(args, name, None))
-    for name in ("json", "plot"):
-        check_output_file(getattr(args, name, None))
-
-
-def command_export_xla(args: argparse.Namespace) -> int:
-    from amnst.xla_export import DEFAULT_BATCHES, export_programs
-
-    check_folder(args.folder)
-    folder = Path(args.folder)
-    manifest = export_programs(folder, tuple(sorted(set(args.batches or DEFAULT_BATCHES))),
-                               args.seconds, tf32=not args.no_tf32)
-    batches = " ".join(str(step["batch"]) for step in manifest["steps"])
-    print(f"wrote {folder}: step programs for batches {batches} and the inversion of {args.seconds:g} s; "
-          f"on the GPU machine: python -m amnst.xla_replay {folder} --json gpu.json")
     return EXIT_OK
 
 
@@ -705,7 +580,7 @@ def _check_job_args(kind: str, job_args: list[str]) -> None:
     """Judge the job's arguments as its script will, so that a bad value is refused here, in one
     line with exit status 2, rather than by a job on the cluster. The job's files are not looked
     at: they are where the cluster sees them, not necessarily here."""
-    from amnst import storage
+    from amnst.batch import storage
 
     if kind == "nightly":
         parser, argv = build_nightly_parser(), job_args
@@ -938,9 +813,10 @@ def nightly_main(argv: list[str] | None = None) -> int:
     """jobs/nightly.py: parse its arguments, run the night on Ray, print its outcome; return the exit status."""
     import ray
 
-    from amnst import metrics, storage
-    from amnst.nightly import run_night
-    from amnst.ray_runner import connect
+    from amnst.ops import metrics
+    from amnst.batch import storage
+    from amnst.batch.nightly import run_night
+    from amnst.batch.ray_runner import connect
 
     try:
         args = build_nightly_parser().parse_args(argv)
@@ -1055,7 +931,7 @@ _port = _checked(_integer, lambda v: 0 <= v <= 65535, "is not a port (0 to 65535
 
 def _local_path(uri: str, status: int) -> str | None:
     """The local path that ``uri`` names (a plain path or file://), or None for an S3 URI."""
-    from amnst import storage
+    from amnst.batch import storage
 
     try:
         normal = storage.check_uri(uri)

@@ -192,7 +192,7 @@ class NSTConfig:
     # texture at several time scales that the CNN's 2x2 kernels cannot see.
     # Needs ``gram_norm="positions"``.
     random_style_weight: float = 0.0
-    # Weights of the content loss on the music alone (``amnst.musical``): the
+    # Weights of the content loss on the music alone (``amnst.engine.musical``): the
     # target's pitch classes and its onset envelope against the content's,
     # each a relative error. Unlike the CNN layers' content loss, they leave
     # each band's level, the timbre, free to move.

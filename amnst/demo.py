@@ -6,8 +6,9 @@ import csv
 import io
 from pathlib import Path
 
-from amnst import audio, synth
-from amnst.storage import write_bytes
+from amnst.engine import audio
+from amnst import synth
+from amnst.batch.storage import write_bytes
 
 SAMPLE_RATE = 22050
 

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from amnst import audio, synth
+from amnst.engine import audio
+from amnst import synth
 from amnst.config import get_preset
 
 # Test clusters are private to this process: no token to hand around, no telemetry.
@@ -81,7 +82,7 @@ def local_ray_instance(endpoint: str | None = None, **options: Any) -> Iterator[
     which are restored afterwards. Yields its GCS address."""
     import ray
 
-    from amnst.ray_runner import connect
+    from amnst.batch.ray_runner import connect
 
     with contextlib.ExitStack() as stack:
         if endpoint is not None:

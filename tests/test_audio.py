@@ -1,4 +1,4 @@
-"""Tests for amnst.audio: decoding, mixing, resampling, validation, mel, segments, encoding."""
+"""Tests for amnst.engine.audio: decoding, mixing, resampling, validation, mel, segments, encoding."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from amnst import audio, synth
+from amnst.engine import audio
+from amnst import synth
 from amnst.config import AudioConfig
 
 SR = 22050

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amnst import audio, capacity
-from amnst.bench import E2E_STAGES
+from amnst.engine import audio
+from amnst.ops import capacity
+from amnst.bench.benchmarks import E2E_STAGES
 from amnst.cli import main
 from amnst.config import get_preset
 
@@ -86,7 +87,7 @@ def test_bench_e2e_quick_reports_every_stage_and_the_spread(tmp_path, capsys):
     assert plan_figures["gpu_workers"] >= 1 and plan_figures["cpu_costs_from"]["audio_seconds"] == 8.0
     assert not plan_figures["inputs"]["gpu"]["measured"]
 
-    # The H100's figures from `python -m amnst.xla_replay`, as docs/performance.md's capacity table uses them.
+    # The H100's figures from `python -m amnst.bench.xla_replay`, as docs/performance.md's capacity table uses them.
     measured = Path(__file__).parents[1] / "deploy" / "capacity" / "h100-tf32.json"
     assert main(["bench", "capacity", "--e2e", str(out), "--gpu", str(measured), "--json",
                  str(tmp_path / "measured.json")]) == 0

@@ -1,6 +1,6 @@
 """Overlapping runs of one manifest into one output compute each pair once (issue 17).
 
-Claims (amnst.claims) on local paths and on a real S3 endpoint (moto's server),
+Claims (amnst.batch.claims) on local paths and on a real S3 endpoint (moto's server),
 then whole runs: two `amnst run` processes a second apart, a run meeting the
 claims of a killed run, a run whose record of the output is stale.
 """
@@ -17,11 +17,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from amnst import audio, claims, metadata, storage, synth
-from amnst.claims import Claim, ClaimKeeper, claim_uri
+from amnst.engine import audio
+from amnst.batch import claims, metadata, storage
+from amnst import synth
+from amnst.batch.claims import Claim, ClaimKeeper, claim_uri
 from amnst.config import get_preset
-from amnst.ray_runner import RunOptions, run_manifest
-from amnst.reliability import Driver
+from amnst.batch.ray_runner import RunOptions, run_manifest
+from amnst.bench.reliability import Driver
 from tests.conftest import local_ray_instance
 
 PRESET = get_preset("default").with_overrides(iterations=2)

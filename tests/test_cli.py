@@ -95,13 +95,13 @@ def _status_and_errors(argv, capsys, run=main):
 @pytest.fixture
 def no_decoding(monkeypatch):
     """Fails the test if any audio is decoded or any Ray instance is started."""
-    import amnst.audio
-    import amnst.ray_runner
+    import amnst.engine.audio
+    import amnst.batch.ray_runner
 
     def refuse(*args, **kwargs):
         raise AssertionError("work began before every option was judged")
-    monkeypatch.setattr(amnst.audio, "decode", refuse)
-    monkeypatch.setattr(amnst.ray_runner, "connect", refuse)
+    monkeypatch.setattr(amnst.engine.audio, "decode", refuse)
+    monkeypatch.setattr(amnst.batch.ray_runner, "connect", refuse)
 
 
 BAD_NST_OPTIONS = [

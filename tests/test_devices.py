@@ -1,4 +1,4 @@
-"""GPU memory growth in the workers' TensorFlow set-up (amnst.devices).
+"""GPU memory growth in the workers' TensorFlow set-up (amnst.ops.devices).
 
 There is no CUDA here, and Ray's logical GPUs have no memory, so what a card does when two processes
 share it cannot be shown: these tests hold the set-up to calling TensorFlow's setter for every GPU
@@ -16,9 +16,9 @@ import pytest
 import ray
 import tensorflow as tf
 
-import amnst.ray_runner
-from amnst import devices
-from amnst.devices import ALLOW_GROWTH_VAR, job_runtime_env, prepare_tensorflow, worker_env_vars
+import amnst.batch.ray_runner
+from amnst.ops import devices
+from amnst.ops.devices import ALLOW_GROWTH_VAR, job_runtime_env, prepare_tensorflow, worker_env_vars
 
 # The pools as TensorFlow would size them anyway, so that this process's TensorFlow is left as it was.
 CPUS = os.cpu_count() or 1
@@ -66,7 +66,7 @@ def test_without_gpus_the_set_up_changes_no_device():
 def test_a_gpu_initialised_before_the_set_up_is_reported_once(caplog):
     gpus = fake_gpus(0)
     setter = Setter(RuntimeError("Physical devices cannot be modified after being initialized"))
-    with caplog.at_level(logging.WARNING, logger="amnst.devices"):
+    with caplog.at_level(logging.WARNING, logger="amnst.ops.devices"):
         first = prepare_tensorflow(CPUS, gpus=gpus, set_memory_growth=setter, environ={})
         second = prepare_tensorflow(CPUS, gpus=gpus, set_memory_growth=setter, environ={})
     assert first.growing == () and first.left[0][0] == "/physical_device:GPU:0"
@@ -78,7 +78,7 @@ def test_a_gpu_initialised_before_the_set_up_is_reported_once(caplog):
 
 def test_a_gpu_initialised_with_the_variable_set_grows_and_is_not_reported(caplog):
     setter = Setter(RuntimeError("Physical devices cannot be modified after being initialized"))
-    with caplog.at_level(logging.WARNING, logger="amnst.devices"):
+    with caplog.at_level(logging.WARNING, logger="amnst.ops.devices"):
         setup = prepare_tensorflow(CPUS, gpus=fake_gpus(0), set_memory_growth=setter,
                                    environ={ALLOW_GROWTH_VAR: "true"})
     assert setup.growing == ("/physical_device:GPU:0",) and setup.left == ()
@@ -114,6 +114,6 @@ def test_the_runners_driver_starts_its_workers_with_allow_growth(monkeypatch):
     monkeypatch.delenv(ALLOW_GROWTH_VAR, raising=False)
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    amnst.ray_runner.connect("local")
+    amnst.batch.ray_runner.connect("local")
     assert calls[0]["address"] == "local"
     assert calls[0]["runtime_env"] == {"env_vars": {ALLOW_GROWTH_VAR: "true"}}

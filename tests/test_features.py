@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from amnst import model
+from amnst.engine import model
 from amnst.config import FEATURE_MAP_LAYERS
-from amnst.features import FeatureStack
+from amnst.engine.features import FeatureStack
 from tests.conftest import segments_of
 
 

@@ -6,8 +6,9 @@ import librosa
 import numpy as np
 import pytest
 
-from amnst import invert, synth
-from amnst.audio import mel_basis, mel_spectrogram
+from amnst.engine import invert
+from amnst import synth
+from amnst.engine.audio import mel_basis, mel_spectrogram
 from amnst.config import AudioConfig
 
 SR = 22050

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from amnst.config import get_preset
-from amnst.manifest import (PAIR_ID_PATTERN, ManifestError, Pair, RowError, _FirstRows,
+from amnst.batch.manifest import (PAIR_ID_PATTERN, ManifestError, Pair, RowError, _FirstRows,
                             derive_pair_id, read_manifest)
 
 BASE = get_preset("default")

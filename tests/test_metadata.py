@@ -11,8 +11,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from amnst import metadata, storage
-from amnst.metadata import (PAIRS_SCHEMA, QUALITY_COLUMNS, RUNS_SCHEMA, SCHEMA_VERSION, SEGMENTS_SCHEMA,
+from amnst.batch import metadata, storage
+from amnst.batch.metadata import (PAIRS_SCHEMA, QUALITY_COLUMNS, RUNS_SCHEMA, SCHEMA_VERSION, SEGMENTS_SCHEMA,
                             MetadataWriter, PairStatusIndex, latest_pair_status, new_run_id, read_table,
                             run_partition)
 

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from amnst import model
+from amnst.engine import model
 from amnst.cli import main
 from tests.conftest import segments_of
 

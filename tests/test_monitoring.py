@@ -1,7 +1,7 @@
 """Dashboards and alerts against the real tools: promtool, a Prometheus server, a Pushgateway.
 
 - Every metric the Grafana dashboard and the alert rules name exists in
-  ``amnst.metrics`` (or is a worker metric as Ray exports it).
+  ``amnst.ops.metrics`` (or is a worker metric as Ray exports it).
 - ``promtool check config`` / ``check rules`` accept ``deploy/prometheus/``, and
   ``promtool test rules`` shows each alert firing when it should and not otherwise.
 - A real Prometheus, configured from ``deploy/prometheus/prometheus.yml`` with
@@ -41,7 +41,7 @@ from typing import Any
 import pytest
 import yaml
 
-from amnst import metrics
+from amnst.ops import metrics
 from tests.conftest import local_ray_instance, system_program
 from tests.s3_server import aws_endpoint, aws_environment, free_port
 
@@ -385,7 +385,8 @@ def put_inputs(endpoint: str, bucket: str) -> str:
     """Three pairs of synthesized music and ambience, one pair whose content is missing."""
     import boto3
 
-    from amnst import audio, synth
+    from amnst.engine import audio
+    from amnst import synth
 
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
@@ -425,7 +426,7 @@ def scrape_config_for_test(ports: dict[str, int], ray_sd_file: Path) -> dict:
 # training gauges, served the way a driver serves them.
 TRAINING_STAND_IN = """
 import sys, time
-from amnst import metrics
+from amnst.ops import metrics
 for epoch, (loss, val_loss, acc, val_acc) in enumerate([(2.1, 2.2, 0.3, 0.28), (1.4, 1.6, 0.55, 0.5)], 1):
     metrics.TRAIN_EPOCH.set(epoch)
     metrics.TRAIN_LOSS.labels("train").set(loss); metrics.TRAIN_LOSS.labels("validation").set(val_loss)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from amnst import audio, musical, synth
+from amnst.engine import audio, musical
+from amnst import synth
 from amnst.config import AudioConfig
 
 CONFIG = AudioConfig(mel_power=1.0)

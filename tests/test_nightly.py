@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from amnst import audio, metadata, synth
+from amnst.engine import audio
+from amnst.batch import metadata
+from amnst import synth
 from amnst.config import get_preset
-from amnst.nightly import RECORD_FOLDER, due_manifests, run_night
-from amnst.ray_runner import RunOptions
+from amnst.batch.nightly import RECORD_FOLDER, due_manifests, run_night
+from amnst.batch.ray_runner import RunOptions
 from tests.conftest import local_ray_instance
 
 PRESET = get_preset("default").with_overrides(iterations=2)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from amnst import model, synth
+from amnst.engine import model
+from amnst.bench import evaluation
 from amnst.config import get_preset
-from amnst.nst import StyleTransfer, optimise_piece
+from amnst.engine.nst import StyleTransfer, optimise_piece
 from tests.conftest import segments_of
 
 
@@ -51,7 +52,7 @@ def test_seed_loss_equals_the_original_formulas(random_cnn, music_and_rain):
 
 
 def test_log_cnn_input_feeds_the_network_the_offset_log_mel(random_cnn, music_and_rain):
-    from amnst.nst import LOG_INPUT_OFFSET
+    from amnst.engine.nst import LOG_INPUT_OFFSET
 
     mel = segments_of(music_and_rain[0], "default", 1)
     plain = StyleTransfer(random_cnn, get_preset("seed").nst)  # the same layers, both read from the mel
@@ -146,10 +147,10 @@ def test_a_style_start_takes_the_contents_width(random_cnn, music_and_rain):
     assert np.all(np.isfinite(transfer.optimise(content, targets).loss))
 
 
-@pytest.mark.parametrize("pair", [p.name for p in synth.EVALUATION_PAIRS[:5]])
+@pytest.mark.parametrize("pair", [p.name for p in evaluation.EVALUATION_PAIRS[:5]])
 def test_default_lowers_the_loss_on_every_pair(random_cnn, pair):
     cfg = get_preset("default").with_overrides(iterations=12).nst
-    content, style = synth.evaluation_pair(pair, 5.0)
+    content, style = evaluation.evaluation_pair(pair, 5.0)
     transfer = StyleTransfer(random_cnn, cfg)
     result = transfer.optimise(segments_of(content, "default", 1),
                                transfer.style_targets(segments_of(style, "default")))
@@ -211,7 +212,7 @@ def test_an_unknown_cnn_input_is_refused(field):
 
 
 def test_the_spectral_style_loss_matches_the_log_mel_band_gram(random_cnn, music_and_rain):
-    from amnst.nst import LOG_INPUT_OFFSET
+    from amnst.engine.nst import LOG_INPUT_OFFSET
 
     # Only the spectral term weighs: content, music, layer and random-network style weights are zero.
     cfg = get_preset("default").with_overrides(content_weight=0.0, style_weight=0.0, spectral_style_weight=3.0,

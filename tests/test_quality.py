@@ -8,7 +8,10 @@ import librosa
 import numpy as np
 import pytest
 
-from amnst import audio, metadata, quality, synth
+from amnst.engine import audio, quality
+from amnst.batch import metadata
+from amnst import synth
+from amnst.bench import evaluation
 from amnst.cli import main
 from amnst.config import get_preset
 from tests.conftest import write_wav
@@ -143,7 +146,7 @@ def test_compile_kernels_caches_the_kernel_that_crashed_racing_workers():
 
 
 def test_bench_summary_counts_each_target_against_the_pairs_own_mix():
-    from amnst import bench
+    from amnst.bench import benchmarks as bench
 
     def row(pair, method, chroma, onset, mfcc, noise, **extra):
         return {"pair": pair, "method": method, "chroma_similarity": chroma, "onset_correlation": onset,
@@ -166,7 +169,7 @@ def test_bench_summary_counts_each_target_against_the_pairs_own_mix():
 @pytest.fixture(scope="module")
 def texture_pair():
     """A short evaluation pair and its anchors (content: piano music; style: rain)."""
-    content, style = synth.evaluation_pair("pop-piano_rain", 3.0)
+    content, style = evaluation.evaluation_pair("pop-piano_rain", 3.0)
     return content, style, quality.Anchors.of(content, style, CONFIG)
 
 

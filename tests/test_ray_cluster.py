@@ -11,11 +11,15 @@ from __future__ import annotations
 import pytest
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-from amnst import audio, capacity, metadata, reliability, synth
-from amnst.bench import style_gram_bytes
+from amnst.engine import audio
+from amnst.ops import capacity
+from amnst.batch import metadata
+from amnst.bench import reliability
+from amnst import synth
+from amnst.bench.benchmarks import style_gram_bytes
 from amnst.config import get_preset
-from amnst.model import build_model
-from amnst.ray_runner import RunOptions, run_manifest
+from amnst.engine.model import build_model
+from amnst.batch.ray_runner import RunOptions, run_manifest
 from tests.s3_server import aws_endpoint
 
 PRESET = get_preset("default")

@@ -12,9 +12,11 @@ import numpy as np
 import ray
 import soundfile as sf
 
-from amnst import audio, metadata, synth
+from amnst.engine import audio
+from amnst.batch import metadata
+from amnst import synth
 from amnst.config import get_preset
-from amnst.ray_runner import EXIT_PARTIAL, RunOptions, run_manifest
+from amnst.batch.ray_runner import EXIT_PARTIAL, RunOptions, run_manifest
 from tests.s3_server import aws_environment
 
 PRESET = get_preset("default").with_overrides(iterations=3)
@@ -64,7 +66,7 @@ def test_tasks_run_tensorflow_on_the_cpus_they_were_given(local_ray):
     def pools_after_setup() -> tuple[int, int]:
         import tensorflow as tf
 
-        from amnst.ray_runner import setup_worker
+        from amnst.batch.ray_runner import setup_worker
 
         setup_worker()
         tf.constant(1.0) + 1.0  # TensorFlow starts here, with the pools as set

@@ -1,8 +1,8 @@
 """Reliability, tried on purpose: bad inputs, faults and security (issue #7).
 
 One local Ray for the module; its workers and the drivers reach the moto S3
-endpoint through amnst.faultproxy, which stays healthy except where a test
-gives it a fault plan. The scenarios are amnst.reliability's, the same that
+endpoint through amnst.bench.faultproxy, which stays healthy except where a test
+gives it a fault plan. The scenarios are amnst.bench.reliability's, the same that
 `amnst bench reliability` tabulates; each ends in an audit of its bucket
 (every good pair done exactly once with a whole output, every bad row failed
 with its reason and no output, nothing written outside the output prefix).
@@ -28,9 +28,11 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from amnst import metadata, model, reliability, storage
-from amnst.faultproxy import FaultPlan, FaultProxy
-from amnst.ray_runner import EXIT_OK, EXIT_PARTIAL, RunOptions, run_manifest
+from amnst.batch import metadata, storage
+from amnst.engine import model
+from amnst.bench import reliability
+from amnst.bench.faultproxy import FaultPlan, FaultProxy
+from amnst.batch.ray_runner import EXIT_OK, EXIT_PARTIAL, RunOptions, run_manifest
 from tests.conftest import local_ray_instance
 from tests.s3_server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, free_port
 
@@ -83,7 +85,7 @@ def test_bad_inputs_and_rows_fail_alone_with_their_reasons(root):
 
 def test_bad_override_rows_are_refused_as_the_manifest_is_read(tmp_path):
     """The bad-input table's override rows fail at parsing, before any task: no Ray, no S3 here."""
-    from amnst.manifest import RowError, read_manifest
+    from amnst.batch.manifest import RowError, read_manifest
 
     cases = reliability.bad_input_cases()
     manifest = reliability.write_inputs(str(tmp_path), {}, cases)

@@ -15,10 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from amnst import metadata, report, synth
+from amnst.batch import metadata, report
+from amnst import synth
 from amnst.cli import main
 from amnst.config import get_preset
-from amnst.ray_runner import RunOptions, run_manifest
+from amnst.batch.ray_runner import RunOptions, run_manifest
 from tests.conftest import system_program, write_wav
 
 PRESET = get_preset("default").with_overrides(iterations=3)

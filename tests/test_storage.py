@@ -13,8 +13,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from amnst import storage
-from amnst.storage import AlreadyExistsError, NotFoundError, StorageError
+from amnst.batch import storage
+from amnst.batch.storage import AlreadyExistsError, NotFoundError, StorageError
 from tests.s3_server import FAKE_SECRET_KEY, free_port
 
 

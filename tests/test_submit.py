@@ -31,9 +31,11 @@ import boto3
 import pytest
 import yaml
 
-from amnst import audio, cli, metadata, synth
+from amnst.engine import audio
+from amnst import cli, synth
+from amnst.batch import metadata
 from amnst.cli import build_parser, main
-from amnst.nightly import RECORD_FOLDER
+from amnst.batch.nightly import RECORD_FOLDER
 from tests.s3_server import BUCKET, aws_environment, free_port
 
 # Raised inside Ray's own job client while it follows the logs.

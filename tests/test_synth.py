@@ -9,6 +9,7 @@ import scipy.stats
 from scipy import signal
 
 from amnst import synth
+from amnst.bench import evaluation
 
 SR = synth.DEFAULT_SAMPLE_RATE
 GENERATORS = {"music": synth.music, **synth.STYLES}
@@ -173,7 +174,7 @@ def test_choir_vowels_have_their_formants():
 
 
 def test_evaluation_pairs_are_varied_and_cover_every_style():
-    pairs = synth.EVALUATION_PAIRS
+    pairs = evaluation.EVALUATION_PAIRS
     assert len(pairs) >= 8
     assert len({pair.name for pair in pairs}) == len(pairs)
     assert {pair.style for pair in pairs} == set(synth.STYLES)
@@ -182,9 +183,9 @@ def test_evaluation_pairs_are_varied_and_cover_every_style():
     assert len({pair.content["mode"] for pair in pairs}) >= 3
 
 
-@pytest.mark.parametrize("name", [pair.name for pair in synth.EVALUATION_PAIRS])
+@pytest.mark.parametrize("name", [pair.name for pair in evaluation.EVALUATION_PAIRS])
 def test_evaluation_pair_synthesizes_content_and_style(name):
-    content, style = synth.evaluation_pair(name, 1.5, sample_rate=16000)
+    content, style = evaluation.evaluation_pair(name, 1.5, sample_rate=16000)
     for y in (content, style):
         assert y.dtype == np.float32 and y.shape == (24000,) and np.all(np.isfinite(y))
     assert not np.allclose(content, style)
@@ -192,4 +193,4 @@ def test_evaluation_pair_synthesizes_content_and_style(name):
 
 def test_evaluation_pair_unknown_name():
     with pytest.raises(ValueError, match="no-such-pair"):
-        synth.evaluation_pair("no-such-pair", 1.0)
+        evaluation.evaluation_pair("no-such-pair", 1.0)

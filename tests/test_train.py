@@ -12,11 +12,14 @@ import boto3
 import numpy as np
 import pytest
 
-from amnst import audio, storage, synth, train
+from amnst.engine import audio
+from amnst.batch import storage
+from amnst import synth
+from amnst.train import cnn as train
 from amnst.cli import EXIT_USAGE, main
 from amnst.config import AudioConfig
-from amnst.model import GENRES
-from amnst.reliability import ProcessKiller, descendants_named
+from amnst.engine.model import GENRES
+from amnst.bench.reliability import ProcessKiller, descendants_named
 from tests.conftest import local_ray_instance, write_wav
 
 BUCKET = "amnst-train"

@@ -10,10 +10,13 @@ import re
 import numpy as np
 import pytest
 
-from amnst import frontier, model, synth
+from amnst.bench import frontier
+from amnst.engine import model
+from amnst import synth
+from amnst.bench import evaluation
 from amnst.config import AudioConfig, ConfigError, NSTConfig, get_preset
-from amnst.nst import StyleTransfer
-from amnst.pipeline import analyse, render, transfer_pair
+from amnst.engine.nst import StyleTransfer
+from amnst.batch.pipeline import analyse, render, transfer_pair
 from tests.conftest import segments_of
 
 
@@ -24,7 +27,7 @@ def random_cnn():
 
 @pytest.fixture(scope="module")
 def pair() -> tuple[np.ndarray, np.ndarray]:
-    return synth.evaluation_pair("pop-piano_rain", 4.0)
+    return evaluation.evaluation_pair("pop-piano_rain", 4.0)
 
 
 def test_the_seed_preset_is_the_original_algorithm_exactly():

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from amnst import synth
-from amnst.audio import mel_basis, mel_spectrogram
+from amnst.bench import evaluation
+from amnst.engine.audio import mel_basis, mel_spectrogram
 from amnst.config import get_preset
-from amnst.invert import mel_to_audio, spectral_convergence
-from amnst.xla_export import _write_hlo, export_programs
-from amnst.xla_replay import spectral_convergence as numpy_spectral_convergence
+from amnst.engine.invert import mel_to_audio, spectral_convergence
+from amnst.bench.xla_export import _write_hlo, export_programs
+from amnst.bench.xla_replay import spectral_convergence as numpy_spectral_convergence
 
 PRESET = get_preset("default")
 
@@ -25,7 +25,7 @@ def replayed(tmp_path_factory):
     folder = tmp_path_factory.mktemp("xla")
     manifest = export_programs(folder, batches=(1, 3), seconds=6.0, check_iterations=2)
     figures = folder / "figures.json"
-    code = ("import sys, runpy; sys.argv = sys.argv[1:]; runpy.run_module('amnst.xla_replay', run_name='__main__');"
+    code = ("import sys, runpy; sys.argv = sys.argv[1:]; runpy.run_module('amnst.bench.xla_replay', run_name='__main__');"
             "assert 'tensorflow' not in sys.modules, 'the replay imported TensorFlow'")
     subprocess.run([sys.executable, "-c", code, "xla_replay", str(folder), "--repeats", "1",
                     "--iterations", "2", "--json", str(figures)], check=True, timeout=600)
@@ -55,7 +55,7 @@ def test_the_replayed_inversion_reconstructs_as_well_as_tensorflow(replayed):
 
 
 def test_the_numpy_spectral_convergence_is_the_engines():
-    content, _ = synth.evaluation_pair("waltz-pluck_choir", 3.0, PRESET.audio.sample_rate)
+    content, _ = evaluation.evaluation_pair("waltz-pluck_choir", 3.0, PRESET.audio.sample_rate)
     mel = mel_spectrogram(content, PRESET.audio)
     y = mel_to_audio(mel, PRESET.audio, n_iter=4, length=len(content))
     stft = {"n_fft": PRESET.audio.n_fft, "hop_length": PRESET.audio.hop_length, "mel_power": PRESET.audio.mel_power}

@@ -24,7 +24,7 @@ class FeatureStack:
     """``stack(x)`` maps CNN inputs ``(B, 384, 431, 1)`` to ``{index: features}``.
 
     Only the layers up to the deepest requested index are evaluated. Indices
-    are those of ``model.layers`` (see ``amnst.model.LAYER_TABLE``); layers
+    are those of ``model.layers`` (see ``amnst.engine.model.LAYER_TABLE``); layers
     past 19 (the dense head) are not feature maps and are refused.
     """
 

@@ -6,7 +6,7 @@ preset (which fixes segments per pair and iterations), the cost of each unit
 of work, and how the run is laid out, and returns the workers it needs and
 the budgets they imply. ``amnst bench capacity`` feeds it the CPU costs that
 ``amnst bench e2e`` measured and a GPU's rate (:class:`GpuRate`): measured on
-the card by ``python -m amnst.xla_replay``, or assumed from the CNN's FLOPs
+the card by ``python -m amnst.bench.xla_replay``, or assumed from the CNN's FLOPs
 per step.
 
 Units: seconds, bytes, requests; "core-seconds" are seconds of one CPU core.
@@ -18,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from amnst.audio import num_frames, segment_layout
+from amnst.engine.audio import num_frames, segment_layout
 from amnst.config import Preset
 
 FLOAT32_BYTES = 4
@@ -63,7 +63,7 @@ class GpuRate:
 
     @classmethod
     def replayed(cls, figures: dict[str, Any], segments_per_task: int) -> GpuRate:
-        """The rate ``python -m amnst.xla_replay`` measured at the largest batch
+        """The rate ``python -m amnst.bench.xla_replay`` measured at the largest batch
         that fits in ``segments_per_task`` (the smallest batch if none does)."""
         rows = sorted(figures["optimise"], key=lambda row: row["batch"])
         fitting = [row for row in rows if row["batch"] <= segments_per_task] or rows[:1]

@@ -21,13 +21,16 @@ import librosa
 import numpy as np
 import tensorflow as tf
 
-from amnst import audio, capacity, invert, synth
+from amnst.engine import audio, invert
+from amnst.ops import capacity
+from amnst import synth
+from amnst.bench import evaluation
 from amnst.config import AudioConfig, NSTConfig, Preset, get_preset
-from amnst.model import build_model, feature_extractor
-from amnst.nst import StyleTransfer
+from amnst.engine.model import build_model, feature_extractor
+from amnst.engine.nst import StyleTransfer
 
 if TYPE_CHECKING:
-    from amnst.pipeline import PairJob, Weights
+    from amnst.batch.pipeline import PairJob, Weights
 
 NST_BATCH = 5
 
@@ -123,7 +126,7 @@ def bench_nst(quick: bool = False) -> dict[str, Any]:
     model = build_model()
     preset = get_preset("default").with_overrides(iterations=iterations, segments_per_batch=NST_BATCH,
                                                   fit_segments=False)
-    content_y, style_y = synth.evaluation_pair(synth.EVALUATION_PAIRS[0].name, 30.0)
+    content_y, style_y = evaluation.evaluation_pair(evaluation.EVALUATION_PAIRS[0].name, 30.0)
     content = audio.segment(audio.mel_spectrogram(content_y, preset.audio), preset.audio)[:NST_BATCH]
     style = audio.segment(audio.mel_spectrogram(style_y, preset.audio), preset.audio)[:NST_BATCH]
 
@@ -219,12 +222,12 @@ def bench_pipeline(quick: bool = False) -> dict[str, Any]:
     """
     import ray
 
-    from amnst.pipeline import Weights
-    from amnst.ray_runner import _optimise
+    from amnst.batch.pipeline import Weights
+    from amnst.batch.ray_runner import _optimise
 
     tasks, sizes = (3, (20, 200)) if quick else (6, (100, 2000))
     preset = get_preset("default")
-    content, style = synth.evaluation_pair(synth.EVALUATION_PAIRS[0].name, 10.0)
+    content, style = evaluation.evaluation_pair(evaluation.EVALUATION_PAIRS[0].name, 10.0)
     segments = audio.segment(audio.mel_spectrogram(content, preset.audio), preset.audio)
     transfer = StyleTransfer(build_model(), preset.nst)
     targets = transfer.style_targets(audio.segment(audio.mel_spectrogram(style, preset.audio), preset.audio))
@@ -265,8 +268,8 @@ def _side_by_side_rate(segments: Any, targets: Any, preset: Preset, weights: Any
     overlaps."""
     import ray
 
-    from amnst.pipeline import optimise_segments
-    from amnst.ray_runner import setup_worker
+    from amnst.batch.pipeline import optimise_segments
+    from amnst.batch.ray_runner import setup_worker
 
     def optimise_in_window(segments: np.ndarray, targets: Any, start_at: float) -> float:
         if matched:
@@ -314,7 +317,7 @@ def _driver_peak_mb(pairs: int, address: str) -> float:
     return int(done.stderr.strip().splitlines()[-1]) / 1024  # VmHWM is in kB
 
 
-E2E_PAIR = synth.EVALUATION_PAIRS[0].name
+E2E_PAIR = evaluation.EVALUATION_PAIRS[0].name
 E2E_SECONDS = (10.0, 30.0, 120.0)
 # Seconds of compute per second of audio (issue #6): this 2-core CPU, and a
 # spread of cost per audio second across lengths of at most 10 %.
@@ -358,8 +361,8 @@ def bench_e2e(quick: bool = False, seconds: tuple[float, ...] = E2E_SECONDS,
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     import tempfile
 
-    from amnst.pipeline import Weights
-    from amnst.ray_runner import RunOptions
+    from amnst.batch.pipeline import Weights
+    from amnst.batch.ray_runner import RunOptions
 
     presets = [get_preset("default")] + ([_variant(baseline)] if baseline else [])
     if quick:
@@ -407,7 +410,7 @@ def _optimise_runner(workers: int, preset: Preset, weights: Any) -> Iterator[Opt
     """Runs a pair's optimise tasks ``[(segments, start), ...]`` against style targets:
     in this process (``workers`` 0), or as the runner's Ray tasks on a local
     instance of ``workers`` CPUs."""
-    from amnst.pipeline import optimise_segments
+    from amnst.batch.pipeline import optimise_segments
 
     if not workers:
         yield lambda tasks, targets: [optimise_segments(segments, start, targets, preset, weights)
@@ -415,7 +418,7 @@ def _optimise_runner(workers: int, preset: Preset, weights: Any) -> Iterator[Opt
         return
     import ray
 
-    from amnst.ray_runner import _optimise
+    from amnst.batch.ray_runner import _optimise
 
     ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
@@ -466,9 +469,9 @@ def _spread(values: list[float]) -> float:
 def _e2e_job(folder: Path, seconds: float, preset: Preset) -> PairJob:
     """The pair of ``seconds`` synthesized and written to ``folder`` as wav
     files, as a job of ``preset`` whose output goes there too."""
-    from amnst.pipeline import PairJob
+    from amnst.batch.pipeline import PairJob
 
-    content, style = synth.evaluation_pair(E2E_PAIR, seconds)
+    content, style = evaluation.evaluation_pair(E2E_PAIR, seconds)
     uris = []
     for name, y in (("content", content), ("style", style)):
         path = folder / f"{name}-{seconds:g}s.wav"
@@ -482,7 +485,7 @@ def _e2e_pair(job: PairJob, weights: Weights, width: int, optimise: OptimiseTask
     """One pair through the runner's stages; its stage seconds and traffic.
     ``copies``: optimise every task that many times over (side by side on
     Ray), to warm that many workers."""
-    from amnst.pipeline import analyse_pair, render_pair, style_targets_for, timed
+    from amnst.batch.pipeline import analyse_pair, render_pair, style_targets_for, timed
 
     preset = job.preset
     stages: dict[str, float] = {}
@@ -511,7 +514,7 @@ def _e2e_pair(job: PairJob, weights: Weights, width: int, optimise: OptimiseTask
 @contextlib.contextmanager
 def _storage_traffic() -> Iterator[dict[str, int]]:
     """Count the storage reads and writes made in the block: requests and bytes."""
-    from amnst import storage
+    from amnst.batch import storage
 
     traffic = {"reads": 0, "writes": 0, "bytes_read": 0, "bytes_written": 0}
     previous = storage.observer
@@ -532,13 +535,13 @@ def _storage_traffic() -> Iterator[dict[str, int]]:
 def bench_capacity(quick: bool = False, e2e: str | None = None, pairs: int = 100_000,
                    pair_seconds: float = 180.0, window_hours: float = 8.0,
                    gpu_fraction: float = capacity.ASSUMED_GPU_FRACTION, gpu: str | None = None) -> dict[str, Any]:
-    """GPU workers and budgets for a batch (:func:`amnst.capacity.plan`) from measured costs.
+    """GPU workers and budgets for a batch (:func:`amnst.ops.capacity.plan`) from measured costs.
 
     CPU costs come from an ``amnst bench e2e`` figures file (``e2e``), else
     from a fresh ``bench_e2e`` at 30 s; the pair closest to ``pair_seconds``
     is used, its wall seconds counted as core-seconds on every core of the
     machine that measured it (an upper bound). The GPU's cost per
-    segment-iteration comes from a ``python -m amnst.xla_replay`` figures file
+    segment-iteration comes from a ``python -m amnst.bench.xla_replay`` figures file
     (``gpu``), at the layout's segments per task; without one it is the CNN's
     FLOPs per step at an assumed sustained fraction (``gpu_fraction``) of an
     H100's FP32 rate.
@@ -579,7 +582,7 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
                   seconds: float = 10.0, frontier: bool = False, plot: str | None = None) -> dict[str, Any]:
     """Every preset (and variant) over the synthesized evaluation set, with reference rows.
 
-    With ``frontier``: instead, the trade-off yardstick (:mod:`amnst.frontier`):
+    With ``frontier``: instead, the trade-off yardstick (:mod:`amnst.bench.frontier`):
     the mix and every design of ``frontier.DESIGNS`` (and variant) swept over
     their strengths, with margins over the mix frontier; ``plot`` is where
     the picture goes (none if not given).
@@ -590,11 +593,11 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
     transfer has to beat it; and the content equalised to the style's
     long-term spectrum. Returns per-pair rows and per-method means.
     """
-    from amnst import quality
-    from amnst.model import load_model
-    from amnst.pipeline import transfer_pair
+    from amnst.engine import quality
+    from amnst.engine.model import load_model
+    from amnst.batch.pipeline import transfer_pair
 
-    pairs = synth.EVALUATION_PAIRS[:3] if quick else synth.EVALUATION_PAIRS
+    pairs = evaluation.EVALUATION_PAIRS[:3] if quick else evaluation.EVALUATION_PAIRS
     if frontier:
         return _bench_frontier(pairs, variants, weights, seconds, plot, quick)
     methods = {name: get_preset(name) for name in presets}
@@ -605,11 +608,11 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
     reference_config = get_preset("default").audio
     for name, preset in methods.items():
         # Untimed: a method's first call traces its step, and its first pair would pay for it.
-        transfer_pair(*synth.evaluation_pair(pairs[0].name, preset.audio.segment_seconds / 2), preset,
+        transfer_pair(*evaluation.evaluation_pair(pairs[0].name, preset.audio.segment_seconds / 2), preset,
                       transfers[name])
     rows = []
     for index, pair in enumerate(pairs):
-        content, style = synth.evaluation_pair(pair.name, seconds)
+        content, style = evaluation.evaluation_pair(pair.name, seconds)
         # Content and style are analysed once per pair for every output measured with the
         # same audio configuration (the Gram signature segments as the preset does).
         anchors = {config: quality.Anchors.of(content, style, config)
@@ -634,10 +637,10 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
             "rows": rows, "summary": _quality_summary(rows)}
 
 
-def _bench_frontier(pairs: list[synth.EvaluationPair], variants: tuple[str, ...], weights: str | None,
+def _bench_frontier(pairs: list[evaluation.EvaluationPair], variants: tuple[str, ...], weights: str | None,
                     seconds: float, plot: str | None, quick: bool) -> dict[str, Any]:
     """``bench quality --frontier``: see :func:`bench_quality`."""
-    from amnst import frontier
+    from amnst.bench import frontier
 
     methods = [*frontier.DESIGNS, *(frontier.Method(v, _variant(v)) for v in variants)]
     strengths = frontier.STRENGTHS
@@ -732,7 +735,7 @@ def bench_train(quick: bool = False) -> dict[str, Any]:
 
     import ray
 
-    from amnst import train
+    from amnst.train import cnn as train
 
     tracks, epochs, repeats = (4, 2, 1) if quick else (8, 3, 3)
     batch = train.TrainOptions.batch_size  # the recipe's global batch
@@ -768,7 +771,7 @@ def bench_train(quick: bool = False) -> dict[str, Any]:
 
 def _in_process_train_rate(batch: int, repeats: int) -> float:
     """Segments per second of the training step at ``batch`` in this process (the default strategy)."""
-    from amnst.train import make_steps
+    from amnst.train.cnn import make_steps
 
     model = build_model()
     train_step, _ = make_steps(model, keras.optimizers.Adam(1e-3), tf.distribute.get_strategy(), batch,
@@ -782,11 +785,11 @@ def _in_process_train_rate(batch: int, repeats: int) -> float:
 
 
 def bench_reliability(quick: bool = False) -> dict[str, Any]:
-    """Bad inputs and injected faults (``amnst.reliability``): per scenario, inputs tried,
+    """Bad inputs and injected faults (``amnst.bench.reliability``): per scenario, inputs tried,
     faults injected, and good pairs expected, done, lost and duplicated."""
     from dataclasses import asdict
 
-    from amnst import reliability
+    from amnst.bench import reliability
 
     outcomes = reliability.run_all(quick)
     return {"benchmark": "reliability", "machine": machine(),

@@ -1,6 +1,6 @@
 """Mel spectrogram to audio: a fast batched TensorFlow path and librosa's reference.
 
-A mel spectrogram here is what :func:`amnst.audio.mel_spectrogram` computes:
+A mel spectrogram here is what :func:`amnst.engine.audio.mel_spectrogram` computes:
 the Slaney mel filter bank applied to ``|STFT| ** config.mel_power`` of a
 centred, Hann-windowed STFT. Inverting it takes two steps:
 
@@ -29,7 +29,7 @@ import librosa
 import numpy as np
 import tensorflow as tf
 
-from amnst.audio import mel_basis, mel_spectrogram
+from amnst.engine.audio import mel_basis, mel_spectrogram
 from amnst.config import AudioConfig
 
 # Multiplicative NNLS updates after the pseudo-inverse start. With this mel
@@ -179,7 +179,7 @@ def mel_to_linear(mels: Any, config: AudioConfig, n_iter: int = DEFAULT_NNLS_ITE
     """Invert the mel filter bank: mel batch to linear-frequency magnitudes.
 
     Solves ``min ||A x - m||^2 subject to x >= 0`` for every frame ``m``,
-    where ``A`` is :func:`amnst.audio.mel_basis`, then returns
+    where ``A`` is :func:`amnst.engine.audio.mel_basis`, then returns
     ``x ** (1 / config.mel_power)``, the STFT magnitude. The solve starts
     from the clipped pseudo-inverse and takes ``n_iter`` multiplicative
     (Lee-Seung) updates: a few matrix multiplies over all frames at once.
@@ -189,7 +189,7 @@ def mel_to_linear(mels: Any, config: AudioConfig, n_iter: int = DEFAULT_NNLS_ITE
 
     Args:
         mels: ``(batch, n_mels, n_frames)``, non-negative and finite, in the
-            units of :func:`amnst.audio.mel_spectrogram` (filter bank applied
+            units of :func:`amnst.engine.audio.mel_spectrogram` (filter bank applied
             to ``|STFT| ** config.mel_power``).
         config: the parameters the mel was computed with.
         n_iter: multiplicative updates after the pseudo-inverse, ``>= 0``.
@@ -380,7 +380,7 @@ def mel_to_audio(mels: Any, config: AudioConfig, n_iter: int = 32, length: int |
                  seed: int = 0, momentum: float = DEFAULT_MOMENTUM, reference: Any = None) -> np.ndarray:
     """Fast mel inversion: :func:`mel_to_linear`, then :func:`griffin_lim`.
 
-    With a ``reference`` STFT (the content's, :func:`amnst.audio.stft`), phase
+    With a ``reference`` STFT (the content's, :func:`amnst.engine.audio.stft`), phase
     retrieval starts from the reference's phase instead of a random one, and
     holds each bin's phase there as firmly as :func:`phase_hold` says: where
     the mel kept the content's level, its notes keep their exact phase (phase
@@ -389,7 +389,7 @@ def mel_to_audio(mels: Any, config: AudioConfig, n_iter: int = 32, length: int |
 
     Args:
         mels: ``(n_mels, n_frames)`` or a batch ``(batch, n_mels, n_frames)``,
-            non-negative and finite, as :func:`amnst.audio.mel_spectrogram`
+            non-negative and finite, as :func:`amnst.engine.audio.mel_spectrogram`
             computes it with ``config``.
         config: the parameters the mel was computed with.
         n_iter: Griffin-Lim iterations, ``>= 0``.
@@ -482,7 +482,7 @@ def reference_mel_to_audio(mel: Any, config: AudioConfig, n_iter: int = 32,
         return np.stack([reference_mel_to_audio(m, config, n_iter, length, seed) for m in mels])
     with warnings.catch_warnings():
         # mel_to_stft rebuilds the filter bank, whose empty filters are expected
-        # (see amnst.audio.mel_basis).
+        # (see amnst.engine.audio.mel_basis).
         warnings.filterwarnings("ignore", "Empty filters detected", UserWarning)
         magnitudes = librosa.feature.inverse.mel_to_stft(
             mels, sr=config.sample_rate, n_fft=config.n_fft, power=config.mel_power,
@@ -502,7 +502,7 @@ def spectral_convergence(y: Any, mel: Any, config: AudioConfig) -> float:
     """How far the mel of ``y`` is from the target ``mel``, relative to ``mel``.
 
     ``SC = ||mel(y) - mel||_F / ||mel||_F``, with ``mel(y)`` from
-    :func:`amnst.audio.mel_spectrogram` (same ``config``, so the same
+    :func:`amnst.engine.audio.mel_spectrogram` (same ``config``, so the same
     ``mel_power``), cut or zero-padded to ``mel``'s frame count. SC is
     ``>= 0``; lower is better and 0 is an exact match. Griffin-Lim at 32
     iterations reaches about 0.07 (magnitude mel) to 0.08 (power mel) on

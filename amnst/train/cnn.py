@@ -22,7 +22,7 @@ A training output holds::
     {output}/model.weights.h5              the weights of the best validation epoch
     {output}/model_card.json               written last
 
-The epoch rows follow :mod:`amnst.metadata`'s conventions: hive partitions
+The epoch rows follow :mod:`amnst.batch.metadata`'s conventions: hive partitions
 ``date`` and ``run_id`` in the path only, a ``schema_version`` column,
 one atomic put per file. Training a second time into the same output resumes
 from its latest checkpoint, provided the dataset and recipe are the same.
@@ -54,7 +54,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from amnst import audio, metadata, storage, synth
+from amnst.engine import audio
+from amnst.batch import metadata, storage
+from amnst import synth
 from amnst.config import AudioConfig, get_preset
 
 if TYPE_CHECKING:
@@ -142,11 +144,11 @@ def _read_labels(uri: str) -> dict[str, str]:
 def class_order(labels: Sequence[str]) -> tuple[str, ...]:
     """The genre of each CNN output unit.
 
-    GTZAN's order (:data:`amnst.model.GENRES`) whenever every label is a
+    GTZAN's order (:data:`amnst.engine.model.GENRES`) whenever every label is a
     GTZAN genre, so that weights stay interchangeable with the original's;
     otherwise the labels sorted, as long as the ten outputs suffice.
     """
-    from amnst.model import GENRES
+    from amnst.engine.model import GENRES
 
     names = set(labels)
     if names <= set(GENRES):
@@ -168,7 +170,7 @@ def segments_per_track(n_frames: int, config: AudioConfig) -> int:
 def track_segments(data: bytes, config: AudioConfig, name: str) -> np.ndarray:
     """Decode a track and cut its mel into ``(n, n_mels, segment_frames)`` float32.
 
-    Raises :class:`amnst.audio.AudioError` for audio that cannot be used.
+    Raises :class:`amnst.engine.audio.AudioError` for audio that cannot be used.
     """
     mel = audio.mel_spectrogram(audio.load(data, config, name=name), config)
     count = segments_per_track(mel.shape[1], config)
@@ -455,8 +457,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import tensorflow as tf
 
-    from amnst.devices import prepare_tensorflow
-    from amnst.model import build_model
+    from amnst.ops.devices import prepare_tensorflow
+    from amnst.engine.model import build_model
 
     plan: _Plan = config["plan"]
     options = plan.options
@@ -580,7 +582,7 @@ _CHECKPOINT_FILES = ("model.weights.h5", "optimizer.npz", "best.weights.h5", "st
 
 def _weights_bytes(model: keras.Model) -> bytes:
     """The model's weights as the bytes of a ``.weights.h5`` file."""
-    from amnst.model import save_weights
+    from amnst.engine.model import save_weights
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / WEIGHTS_NAME
@@ -591,7 +593,7 @@ def _weights_bytes(model: keras.Model) -> bytes:
 def _save(folder: Path, model: keras.Model, optimizer: keras.optimizers.Optimizer, state: TrainState,
           best_weights: bytes) -> None:
     """Write a checkpoint: the model, the optimiser's variables, the best epoch's weights, the state."""
-    from amnst.model import save_weights
+    from amnst.engine.model import save_weights
 
     model_file, optimizer_file, best_file, state_file = (folder / name for name in _CHECKPOINT_FILES)
     save_weights(model, model_file)
@@ -715,11 +717,11 @@ def train(options: TrainOptions) -> dict[str, Any]:
     """Train on Ray (already initialised), export the best epoch's weights; returns the model card.
 
     Raises :class:`DatasetError` for a dataset that cannot be used and
-    :class:`amnst.storage.StorageError` for storage that cannot be read or
+    :class:`amnst.batch.storage.StorageError` for storage that cannot be read or
     written; a training that fails past ``max_failures`` raises Ray Train's
     error.
     """
-    from amnst.model import GENRES
+    from amnst.engine.model import GENRES
 
     started_at = datetime.now(timezone.utc)
     dataset = prepare(options.data, options.val_fraction, options.seed)
@@ -773,7 +775,7 @@ def _publish_metrics(last_epoch: dict[str, Any]) -> None:
     The driver hears of epochs only when the training ends, so the gauges
     hold the final epoch's values, not a live series.
     """
-    from amnst import metrics
+    from amnst.ops import metrics
 
     metrics.TRAIN_EPOCH.set(last_epoch["epoch"])
     for split in ("train", "val"):
@@ -867,7 +869,7 @@ def evaluate(data_uri: str, weights_uri: str, split: str = "all", val_fraction: 
     validation tracks. A track's prediction is the argmax of its segments'
     mean probabilities.
     """
-    from amnst.model import GENRES
+    from amnst.engine.model import GENRES
 
     if split not in ("all", "val"):
         raise ValueError(f"split={split!r} must be all or val")
@@ -896,7 +898,7 @@ def evaluate(data_uri: str, weights_uri: str, split: str = "all", val_fraction: 
 
 def _load_model(weights_uri: str) -> keras.Model:
     """The seed CNN with weights from a URI."""
-    from amnst.model import load_model_from_bytes
+    from amnst.engine.model import load_model_from_bytes
 
     return load_model_from_bytes(storage.read_bytes(weights_uri), weights_uri)
 

@@ -11,7 +11,7 @@ A positive margin on a style measure is style movement mixing cannot buy at
 that price. The fixed floors (chroma >= 0.95, onsets >= 0.8) give a second
 view: the most progress each curve reaches while meeting both.
 
-Shares, strengths and measures are in ``amnst.quality``'s units; progress on
+Shares, strengths and measures are in ``amnst.engine.quality``'s units; progress on
 each of three families (MFCC statistics, the independent network's Grams,
 auditory texture statistics), none of them a representation any loss optimises.
 """
@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from amnst import quality, synth
+from amnst.engine import quality
+from amnst.bench import evaluation
 from amnst.config import Preset, get_preset
 
 MIX_SHARES = tuple(round(0.1 * k, 1) for k in range(10))  # 0 is the content itself
@@ -90,8 +91,8 @@ def sweep_pair(name: str, content: np.ndarray, style: np.ndarray, methods: Itera
     """Every measure of the mix at each of ``MIX_SHARES`` and of each method at each
     strength, on one pair: one row each, with ``pair``, ``method`` and ``level``.
     ``transfer_for`` gives the compiled ``StyleTransfer`` of a preset."""
-    from amnst.nst import optimise_piece
-    from amnst.pipeline import analyse, render
+    from amnst.engine.nst import optimise_piece
+    from amnst.batch.pipeline import analyse, render
 
     config = get_preset("default").audio
     anchors = {config: quality.Anchors.of(content, style, config)}
@@ -181,12 +182,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"curves": curves, "floors": floors}
 
 
-def run(methods: list[Method], pairs: list[synth.EvaluationPair], seconds: float,
+def run(methods: list[Method], pairs: list[evaluation.EvaluationPair], seconds: float,
         weights: str | None = None, strengths: tuple[float, ...] = STRENGTHS) -> dict[str, Any]:
     """Sweep every method and the mix over ``pairs`` of ``seconds`` each: rows with
     margins, and :func:`summarise`'s curves and floors."""
-    from amnst.model import load_model
-    from amnst.nst import StyleTransfer
+    from amnst.engine.model import load_model
+    from amnst.engine.nst import StyleTransfer
 
     transfers: dict[Preset, StyleTransfer] = {}
 
@@ -200,7 +201,7 @@ def run(methods: list[Method], pairs: list[synth.EvaluationPair], seconds: float
 
     rows = []
     for pair in pairs:
-        content, style = synth.evaluation_pair(pair.name, seconds)
+        content, style = evaluation.evaluation_pair(pair.name, seconds)
         rows.extend(sweep_pair(pair.name, content, style, methods, transfer_for, strengths))
     rows = with_margins(rows)
     return {"rows": rows, **summarise(rows), "strengths": list(strengths), "mix_shares": list(MIX_SHARES),

@@ -1,7 +1,7 @@
 """Claims: when runs of one manifest into one output overlap, each pair is computed once.
 
 A run claims a pair before it starts on it by creating, create-only, the object
-``{output}/_amnst/claims/{pair_id}.json`` (:func:`amnst.storage.create_only`:
+``{output}/_amnst/claims/{pair_id}.json`` (:func:`amnst.batch.storage.create_only`:
 a conditional put on S3, a hard link locally), which names the run, its host
 and process, and an expiry time. Of two runs that try at once exactly one
 creates it; the other reads it and, while it has not expired, skips the pair
@@ -15,9 +15,9 @@ expiry tells.
 
 The holder renews its claims on a thread of its own, every third of the
 claim's lifetime, replacing each one only if it is still the version it
-wrote (:func:`amnst.storage.replace_if`). A claim whose expiry has passed
+wrote (:func:`amnst.batch.storage.replace_if`). A claim whose expiry has passed
 belongs to a run that died: the next run to meet it deletes that very
-version (:func:`amnst.storage.delete_if`) and creates its own, so of two
+version (:func:`amnst.batch.storage.delete_if`) and creates its own, so of two
 takers only one gets it. Claims are released (deleted, again only if still
 the holder's) once the pair's record is written, and at the end of the run.
 
@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from amnst import storage
+from amnst.batch import storage
 
 CLAIM_FOLDER = ("_amnst", "claims")
 DEFAULT_TTL_SECONDS = 300.0

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from amnst import storage
+from amnst.batch import storage
 from amnst.config import ConfigError, Preset, parse_layers
 
 # A pair_id names its output file, so it must be a plain file name: it can

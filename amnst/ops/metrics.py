@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, pushadd_to_gateway, start_http_server
 
-from amnst import storage
+from amnst.batch import storage
 
 REGISTRY = CollectorRegistry()
 

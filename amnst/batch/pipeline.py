@@ -4,7 +4,7 @@ Stages are plain functions over arrays, bytes and URIs, with no Ray inside:
 ``analyse_pair`` (read, hash, decode, segment), ``style_targets_for``,
 ``optimise_segments`` and ``render_pair`` (stitch, invert, encode, write).
 ``transfer_pair`` runs a pair in this process (``amnst transfer``); the Ray
-runner (``amnst.ray_runner``) runs the same stages as tasks.
+runner (``amnst.batch.ray_runner``) runs the same stages as tasks.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from amnst import storage
+from amnst.batch import storage
 from amnst.config import AudioConfig, NSTConfig, Preset
 
 # The stages import TensorFlow and librosa when first called, so that the Ray
 # driver, which only schedules them, stays small and starts fast.
 if TYPE_CHECKING:
-    from amnst.nst import NSTResult, StyleTargets, StyleTransfer
+    from amnst.engine.nst import NSTResult, StyleTargets, StyleTransfer
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class PairOutcome:
 
 def analyse(y: np.ndarray, config: AudioConfig) -> Analysis:
     """Mel spectrogram of a validated waveform, cut into segments."""
-    from amnst import audio
+    from amnst.engine import audio
 
     mel = audio.mel_spectrogram(y, config)
     return Analysis(audio.segment(mel, config), mel.shape[1], len(y))
@@ -66,7 +66,7 @@ def render(segments: np.ndarray, content: np.ndarray, audio_config: AudioConfig,
     ``(waveform (n_samples,), rendered mel (n_mels, n_frames))``; the waveform
     is scaled down only if it would clip.
     """
-    from amnst import audio, invert
+    from amnst.engine import audio, invert
 
     spectrum = audio.stft(content, audio_config)
     content_mel = audio.mel_from_stft(spectrum, audio_config)
@@ -90,7 +90,7 @@ def transfer_pair(content: np.ndarray, style: np.ndarray, preset: Preset, transf
     Both inputs are validated mono waveforms at ``preset.audio.sample_rate``.
     ``progress`` receives segment-iterations done.
     """
-    from amnst.nst import optimise_piece
+    from amnst.engine.nst import optimise_piece
 
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -123,9 +123,9 @@ def timed(stages: dict[str, float], name: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def noticed() -> Iterator[list[str]]:
-    """Collect the :class:`amnst.audio.AudioWarning` messages raised in the block, in order,
+    """Collect the :class:`amnst.engine.audio.AudioWarning` messages raised in the block, in order,
     instead of printing them; other warnings pass through."""
-    from amnst.audio import AudioWarning
+    from amnst.engine.audio import AudioWarning
 
     messages: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
@@ -209,7 +209,7 @@ def analyse_pair(job: PairJob, weights: Weights,
     seconds spent in ``read`` (reading and hashing both inputs), ``decode``
     and ``mel`` (mel spectrogram and segments).
     """
-    from amnst import audio
+    from amnst.engine import audio
 
     stages = {} if stages is None else stages
     clock = time.perf_counter()
@@ -242,8 +242,8 @@ def cached_transfer(weights: Weights, preset: Preset) -> StyleTransfer:
     """The compiled NST for these weights and configuration, built once per process."""
     key = (weights.id, preset.audio, preset.nst)
     if key not in _TRANSFERS:
-        from amnst.model import load_model, load_model_from_bytes
-        from amnst.nst import StyleTransfer
+        from amnst.engine.model import load_model, load_model_from_bytes
+        from amnst.engine.nst import StyleTransfer
 
         if weights.uri is None:
             model = load_model(None, seed=weights.seed)
@@ -255,7 +255,7 @@ def cached_transfer(weights: Weights, preset: Preset) -> StyleTransfer:
 
 def style_targets_for(style_uri: str, preset: Preset, weights: Weights) -> StyleTargets:
     """Decode a style recording and compute its pooled Gram targets."""
-    from amnst import audio
+    from amnst.engine import audio
 
     y = audio.load(storage.read_bytes(style_uri), preset.audio, name=style_uri)
     return cached_transfer(weights, preset).style_targets(analyse(y, preset.audio).segments)
@@ -277,14 +277,14 @@ def render_pair(job: PairJob, info: AnalysisInfo, parts: list[SegmentsResult],
 
     The output is written last, atomically, so a failure leaves no output.
     The returned dict holds the pair's loss record, its quality measures
-    (``amnst.quality``, measured against the decoded inputs) with those of
+    (``amnst.engine.quality``, measured against the decoded inputs) with those of
     its reference rows (the content itself, a plain mix), per-stage
     seconds, and ``"segments"``: one dict per segment. ``stages``, when
     given, gains the seconds spent in ``invert`` (stitch and inversion),
     ``encode``, ``quality`` (re-reading the inputs included) and ``write``.
     """
-    from amnst import audio, quality
-    from amnst.nst import concat_results
+    from amnst.engine import audio, quality
+    from amnst.engine.nst import concat_results
 
     seconds: dict[str, float] = {}
     parts = sorted(parts, key=lambda part: part.start)
@@ -325,7 +325,7 @@ def render_pair(job: PairJob, info: AnalysisInfo, parts: list[SegmentsResult],
 def loss_record(result: NSTResult) -> dict[str, Any]:
     """A piece's losses at the start and end (means over segments), its loss
     curve (``iterations + 1`` values, mean over segments) and its rollbacks."""
-    from amnst.nst import piece_loss_curve
+    from amnst.engine.nst import piece_loss_curve
 
     return {
         "loss_curve": piece_loss_curve(result).tolist(),

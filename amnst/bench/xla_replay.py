@@ -1,13 +1,13 @@
-"""Run and time the programs :mod:`amnst.xla_export` wrote, on any XLA device.
+"""Run and time the programs :mod:`amnst.bench.xla_export` wrote, on any XLA device.
 
-Needs NumPy and jaxlib only, not TensorFlow: ``python -m amnst.xla_replay
+Needs NumPy and jaxlib only, not TensorFlow: ``python -m amnst.bench.xla_replay
 FOLDER [--json FIGURES.json]``. For each program it compiles the HLO for the
 first device of jaxlib's default backend (a GPU where there is one), checks
 its outputs against TensorFlow's from the same inputs, and times it:
 
 - a step program: its set-up (content features and optimiser state), then
   ``iterations`` steps (the preset's), the state fed back on the device as
-  :meth:`amnst.nst.StyleTransfer.optimise` does; figures are
+  :meth:`amnst.engine.nst.StyleTransfer.optimise` does; figures are
   segment-iterations per second and seconds per second of audio (a segment
   advances the piece by its hop: the segment less the overlap);
 - the inversion: one run over its pair, judged by spectral convergence.
@@ -115,7 +115,7 @@ def replay(folder: Path, repeats: int = 3, batches: tuple[int, ...] = (), invert
 
 def spectral_convergence(audio: np.ndarray, mel_frames: np.ndarray, basis: np.ndarray,
                          stft: dict[str, Any]) -> float:
-    """:func:`amnst.invert.spectral_convergence` in NumPy alone.
+    """:func:`amnst.engine.invert.spectral_convergence` in NumPy alone.
 
     ``audio`` is ``(n_samples,)``, the target ``mel_frames`` ``(n_frames,
     n_mels)``, ``basis`` the mel filter bank ``(n_mels, n_bins)``; ``stft``
@@ -164,7 +164,7 @@ def _wait(outputs: list[Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m amnst.xla_replay", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m amnst.bench.xla_replay", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a folder written by `amnst bench export-xla`")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per program (best is kept)")
     parser.add_argument("--batch", type=int, action="append", default=[],

@@ -56,7 +56,7 @@ from typing import Any
 import librosa
 import numpy as np
 
-from amnst import audio
+from amnst.engine import audio
 from amnst.config import AudioConfig
 
 INDEPENDENT_NETWORK_SEED = 2016
@@ -389,7 +389,7 @@ def measure(output: np.ndarray, anchors: Anchors, config: AudioConfig,
             optimised_mel: np.ndarray | None = None) -> dict[str, float]:
     """Every measure of one output against ``anchors``; ``spectral_convergence``
     only when the optimised mel is given."""
-    from amnst import invert
+    from amnst.engine import invert
 
     measures = compare(signature(output, config), anchors)
     if optimised_mel is not None:
@@ -406,7 +406,7 @@ def assess(output: np.ndarray, content: np.ndarray, style: np.ndarray, config: A
 def plain_mix(content: np.ndarray, style: np.ndarray, style_share: float = 1.0 - MIX_CONTENT_GAIN) -> np.ndarray:
     """``1 - style_share`` of the content plus ``style_share`` of the style (looped or cut
     to the content's length), scaled down only where it would clip: the cheapest move
-    toward the style, and the curve (``amnst.frontier``) a transfer has to beat."""
+    toward the style, and the curve (``amnst.bench.frontier``) a transfer has to beat."""
     if not 0.0 <= style_share <= 1.0:
         raise ValueError(f"style_share must be in [0, 1], got {style_share}")
     mixed = (1.0 - style_share) * content + style_share * np.resize(style, content.shape)
@@ -478,10 +478,13 @@ def compile_kernels() -> None:
     half-written cache and die of SIGSEGV; after this, they only read it. The
     project's set-up and its image run it once.
     """
-    from amnst import audio, invert, synth
+    from amnst.engine import invert
 
     config = AudioConfig(mel_power=1.0)
-    music = synth.music(2.0, seed=0)
+    # Any sound runs the same kernels: two seconds of a seeded tone in noise.
+    t = np.arange(2 * config.sample_rate) / config.sample_rate
+    music = (0.5 * np.sin(2 * np.pi * 440.0 * t)
+             + 0.05 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
     power = power_spectrogram(music, config)
     _librosa_features(music, power, config)
     mfcc_statistics(power, config)
@@ -495,8 +498,8 @@ def _independent_grams() -> Callable[[np.ndarray], list[tuple[Any, Any]]]:
     positions and their count."""
     import tensorflow as tf
 
-    from amnst.features import FeatureStack
-    from amnst.model import build_model
+    from amnst.engine.features import FeatureStack
+    from amnst.engine.model import build_model
 
     stack = FeatureStack(build_model(seed=INDEPENDENT_NETWORK_SEED), GRAM_LAYERS)
 

@@ -29,9 +29,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from amnst import musical
+from amnst.engine import musical
 from amnst.config import AudioConfig, NSTConfig
-from amnst.features import FeatureStack
+from amnst.engine.features import FeatureStack
 
 # Smallest mel value a log-parameterised target can represent (log of zero
 # is -inf; the mel has empty filter rows and zero padding).
@@ -208,7 +208,7 @@ class StyleTransfer:
         """Per content layer: the content's features and each segment's loss scale;
         then, with a pitch weight, the content's pitch classes ``(B, 12, frames)``
         and their frame weights, and with an onset weight, its onset envelope
-        ``(B, 1, frames - 1)`` and its scale (:mod:`amnst.musical`).
+        ``(B, 1, frames - 1)`` and its scale (:mod:`amnst.engine.musical`).
 
         The scale folds the weight and the loss's denominator into one factor,
         so a step's content loss is a plain sum of squares.

@@ -6,10 +6,10 @@ segments) share the style's Gram targets, computed once per distinct style
 by a ``style`` task; ``render`` (CPU) stitches, inverts, encodes and writes.
 The driver streams the manifest, keeps at most ``max_in_flight`` tasks
 outstanding, consumes results in completion order and records every pair.
-When the run is committed it writes the run's report page (``amnst.report``).
+When the run is committed it writes the run's report page (``amnst.batch.report``).
 
 Runs of one manifest into one output may overlap (a manual rerun during the
-nightly one): each pair is claimed before it starts (``amnst.claims``), and a
+nightly one): each pair is claimed before it starts (``amnst.batch.claims``), and a
 pair that another live run holds is recorded ``skipped``, ``held_by`` that run.
 A claim is released once the pair's record is written, so a run that claims a
 pair after another released it finds that run's record (see
@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 import ray
 
-from amnst import claims, metadata, metrics, report, storage
+from amnst.batch import claims, metadata, report, storage
+from amnst.ops import metrics
 from amnst.config import Preset
-from amnst.manifest import Pair, RowError, read_manifest
-from amnst.pipeline import (AnalysisInfo, PairJob, SegmentsResult, Weights, analyse_pair,
+from amnst.batch.manifest import Pair, RowError, read_manifest
+from amnst.batch.pipeline import (AnalysisInfo, PairJob, SegmentsResult, Weights, analyse_pair,
                             optimise_segments, render_pair, style_targets_for)
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
@@ -58,7 +59,7 @@ class RunOptions:
     # Tasks retried after a worker or node dies; input errors are never retried.
     max_retries: int = 3
     metadata_flush_seconds: float = 30.0
-    # Lifetime of a pair's claim (amnst.claims); the run renews it every third of this.
+    # Lifetime of a pair's claim (amnst.batch.claims); the run renews it every third of this.
     # A run killed with claims held delays those pairs by at most this much.
     claim_ttl_seconds: float = claims.DEFAULT_TTL_SECONDS
 
@@ -105,7 +106,7 @@ class RunSummary:
     run_id: str
     progress: Progress
     seconds: float
-    # The run's report page (amnst.report), or why it could not be written.
+    # The run's report page (amnst.batch.report), or why it could not be written.
     report_uri: str | None = None
     report_error: str | None = None
 
@@ -125,7 +126,7 @@ def _node() -> str:
 def setup_worker() -> dict[str, Any]:
     """What a TensorFlow task does first in its worker process: size TensorFlow's
     thread pools to the CPUs the task was given, turn on GPU memory growth
-    (``amnst.devices.prepare_tensorflow``), and register the worker's metrics,
+    (``amnst.ops.devices.prepare_tensorflow``), and register the worker's metrics,
     which are returned.
 
     TensorFlow sizes its pools to the whole machine, so N one-CPU tasks on an
@@ -135,7 +136,7 @@ def setup_worker() -> dict[str, Any]:
     before TensorFlow starts, so a worker keeps those of its first TensorFlow task.
     Memory growth is what lets two tasks share a GPU (``num_gpus_per_task`` 0.5).
     """
-    from amnst.devices import prepare_tensorflow
+    from amnst.ops.devices import prepare_tensorflow
 
     prepare_tensorflow(ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0))
     return metrics.worker_metrics()
@@ -373,9 +374,9 @@ def connect(address: str | None, **options: Any) -> None:
     are further ``ray.init`` arguments, over these defaults (a local instance's
     size, its dashboard).
     """
-    from amnst.devices import job_runtime_env
+    from amnst.ops.devices import job_runtime_env
 
-    # TF_FORCE_GPU_ALLOW_GROWTH=true for every worker of the job (amnst.devices).
+    # TF_FORCE_GPU_ALLOW_GROWTH=true for every worker of the job (amnst.ops.devices).
     defaults = dict(log_to_driver=False, include_dashboard=False, configure_logging=False,
                     runtime_env=job_runtime_env())
     ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", **{**defaults, **options})
@@ -386,7 +387,7 @@ def run_manifest(manifest_uri: str, options: RunOptions,
     """Run every pair of a manifest on the connected Ray cluster; record each one.
 
     Pairs already done with the same fingerprint are skipped (resume), and so
-    are pairs that another live run of the output holds (``amnst.claims``).
+    are pairs that another live run of the output holds (``amnst.batch.claims``).
     Bad rows and bad inputs fail their pair only. Raises ManifestError if the
     manifest itself cannot be read.
     """

@@ -4,7 +4,7 @@ TensorFlow lowers a ``tf.function`` to XLA HLO (the IR its ``jit_compile``
 path hands to XLA). This module writes that HLO for the two GPU stages of a
 pair, the ``default`` NST step and the fast inversion, with the inputs of a
 synthesized pair and the outputs TensorFlow computes from them, so that
-:mod:`amnst.xla_replay` (which needs only NumPy and jaxlib) can compile the
+:mod:`amnst.bench.xla_replay` (which needs only NumPy and jaxlib) can compile the
 same programs for any XLA device, check them against TensorFlow and time
 them. It is how GPU figures are measured on a machine whose image has XLA but
 no TensorFlow build for its CUDA.
@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from amnst import synth
-from amnst.audio import mel_basis, mel_spectrogram, segment
+from amnst.bench import evaluation
+from amnst.engine.audio import mel_basis, mel_spectrogram, segment
 from amnst.config import Preset, get_preset
-from amnst.invert import DEFAULT_MOMENTUM, initial_phase, fast_inversion, spectral_convergence
-from amnst.model import build_model
-from amnst.nst import StyleTransfer
+from amnst.engine.invert import DEFAULT_MOMENTUM, initial_phase, fast_inversion, spectral_convergence
+from amnst.engine.model import build_model
+from amnst.engine.nst import StyleTransfer
 
 EXPORT_PAIR = "pop-piano_rain"
 # One segment; one 30 s pair (7 segments); then larger batches.
@@ -69,7 +69,7 @@ def _export(folder: Path, batches: tuple[int, ...], seconds: float, check_iterat
             tf32: bool, invert: bool) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     preset = get_preset("default")
-    content, style = synth.evaluation_pair(EXPORT_PAIR, seconds, preset.audio.sample_rate)
+    content, style = evaluation.evaluation_pair(EXPORT_PAIR, seconds, preset.audio.sample_rate)
     content_mel = mel_spectrogram(content, preset.audio)
     transfer = StyleTransfer(build_model(), preset.nst)
     targets = transfer.style_targets(segment(mel_spectrogram(style, preset.audio), preset.audio))

@@ -31,10 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from amnst import audio, metadata, storage, synth
+from amnst.engine import audio
+from amnst.batch import metadata, storage
+from amnst import synth
 from amnst.config import Preset, get_preset
-from amnst.faultproxy import FaultPlan, FaultProxy
-from amnst.ray_runner import Progress, RunOptions, RunSummary, run_manifest
+from amnst.bench.faultproxy import FaultPlan, FaultProxy
+from amnst.batch.ray_runner import Progress, RunOptions, RunSummary, run_manifest
 
 SAMPLE_RATE = 22050
 # Few iterations: these scenarios try the service, not the sound.

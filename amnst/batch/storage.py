@@ -157,7 +157,7 @@ def join(prefix: _UriLike, *parts: str) -> str:
     return _Location("s3", f"{head}/{tail}" if head else tail, location.bucket).uri
 
 
-# Hears of every read and write: (operation, bytes moved, failed). amnst.metrics
+# Hears of every read and write: (operation, bytes moved, failed). amnst.ops.metrics
 # sets it to the metrics of the process it runs in.
 observer: Callable[[str, int, bool], None] | None = None
 

@@ -38,10 +38,10 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from amnst import storage
+from amnst.batch import storage
 
 SCHEMA_VERSION = 5
-# The output's quality measures in a pair row, as amnst.quality.assess names them, in the
+# The output's quality measures in a pair row, as amnst.engine.quality.assess names them, in the
 # order reports list them.
 QUALITY_COLUMNS = ("chroma_similarity", "onset_correlation", "mfcc_distance", "mfcc_progress",
                    "gram_distance", "gram_progress", "texture_distance", "texture_progress",
@@ -110,7 +110,7 @@ PAIRS_SCHEMA = table_schema(
     ("worker_node", pa.string()),
     ("started_at", TIMESTAMP),
     ("finished_at", TIMESTAMP),
-    # Schema version 2: the output's quality measures (amnst.quality).
+    # Schema version 2: the output's quality measures (amnst.engine.quality).
     *((name, pa.float64()) for name in _QUALITY_COLUMNS_2),
     # Schema version 3: the piece's loss per iteration (mean over segments,
     # ``iterations + 1`` values from loss_start to loss_end), and the same
@@ -119,9 +119,9 @@ PAIRS_SCHEMA = table_schema(
     ("reference_content", _QUALITY_STRUCT),
     ("reference_mix", _QUALITY_STRUCT),
     # Schema version 4: no new column. The quality measures are taken on levelled
-    # spectra (amnst.quality.power_spectrogram), so that gain is not scored: rows of
+    # spectra (amnst.engine.quality.power_spectrogram), so that gain is not scored: rows of
     # earlier versions hold unlevelled mfcc_*, gram_* and noise_ratio values.
-    # Schema version 5: the texture measures (amnst.quality.texture_statistics), here and
+    # Schema version 5: the texture measures (amnst.engine.quality.texture_statistics), here and
     # as fields appended to the reference rows' structs; null in rows of earlier versions.
     *((name, pa.float64()) for name in _QUALITY_COLUMNS_5),
     # Schema version 5 too: the pair's effective strength (its preset's nst.strength,
@@ -130,11 +130,11 @@ PAIRS_SCHEMA = table_schema(
     # which were all full transfers.
     ("strength", pa.float64()),
     # Schema version 5 too: for a pair skipped because another live run held its claim
-    # (amnst.claims), that run's id (the error says which host and process); null otherwise.
+    # (amnst.batch.claims), that run's id (the error says which host and process); null otherwise.
     # Such a row says nothing of the pair's state, so resume passes over it.
     ("held_by", pa.string()),
     # Schema version 5 too: what was noticed of the inputs and used all the same
-    # (amnst.audio.AudioWarning: a truncated file), one line each; null if nothing.
+    # (amnst.engine.audio.AudioWarning: a truncated file), one line each; null if nothing.
     ("warnings", pa.list_(pa.string())),
 )
 

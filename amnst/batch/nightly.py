@@ -32,10 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from amnst import storage
+from amnst.batch import storage
 
 if TYPE_CHECKING:
-    from amnst.ray_runner import Progress, RunOptions
+    from amnst.batch.ray_runner import Progress, RunOptions
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
 RECORD_FOLDER = ("_amnst", "nightly")
@@ -89,7 +89,7 @@ class NightSummary:
 
     @property
     def exit_status(self) -> int:
-        from amnst.ray_runner import EXIT_OK, EXIT_PARTIAL
+        from amnst.batch.ray_runner import EXIT_OK, EXIT_PARTIAL
 
         return EXIT_OK if self.status == "completed" else EXIT_PARTIAL
 
@@ -104,7 +104,7 @@ class NightSummary:
 def due_manifests(prefix: str, output: str, date: datetime.date) -> list[DueManifest]:
     """The manifests under ``prefix`` due on ``date``, in listing order, with their outputs.
 
-    Raises :class:`amnst.storage.StorageError` if the prefix cannot be listed.
+    Raises :class:`amnst.batch.storage.StorageError` if the prefix cannot be listed.
     """
     base = storage.check_uri(prefix).rstrip("/") + "/"
     due = []
@@ -127,7 +127,7 @@ def run_night(prefix: str, options: RunOptions, date: datetime.date,
               on_progress: Callable[[Progress], None] | None = None) -> NightSummary:
     """Run every manifest due on ``date``, one after another, and record the night.
 
-    ``options`` is a :class:`amnst.ray_runner.RunOptions` whose ``output`` is
+    ``options`` is a :class:`amnst.batch.ray_runner.RunOptions` whose ``output`` is
     the night's output prefix; each manifest runs into its own prefix below it.
     Needs a connected Ray. A manifest that cannot be read is recorded as failed
     and the others still run. This is the one place a night's outcome is
@@ -143,8 +143,8 @@ def run_night(prefix: str, options: RunOptions, date: datetime.date,
 
 def _run_one(manifest: DueManifest, options: RunOptions,
              on_progress: Callable[[Progress], None] | None) -> ManifestOutcome:
-    from amnst.manifest import ManifestError
-    from amnst.ray_runner import run_manifest
+    from amnst.batch.manifest import ManifestError
+    from amnst.batch.ray_runner import run_manifest
 
     outcome = ManifestOutcome(manifest.uri, manifest.output)
     try:

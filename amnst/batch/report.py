@@ -1,6 +1,6 @@
 """The run report: one static HTML page per run, with the pictures and sounds it shows.
 
-Where, beside the run's metadata (``amnst.metadata``)::
+Where, beside the run's metadata (``amnst.batch.metadata``)::
 
     {output}/_amnst/reports/date=YYYY-MM-DD/run_id={run_id}/report.html
     {output}/_amnst/reports/date=YYYY-MM-DD/run_id={run_id}/assets/{key}.ogg, {key}.png
@@ -23,7 +23,7 @@ from storage):
   content, style and output as players (Ogg Vorbis, the first
   :data:`PREVIEW_SECONDS`, about 4 kB/s) over their mel spectrograms (PNG),
   the loss curve (inline SVG) and the output's quality measures beside the
-  reference rows' (the content itself, a plain mix; ``amnst.quality``).
+  reference rows' (the content itself, a plain mix; ``amnst.engine.quality``).
 
 An asset is named by the hash of the audio file it previews, so a style
 shared by many pairs is previewed once. PNGs are written here with numpy and
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from amnst import metadata, storage
+from amnst.batch import metadata, storage
 from amnst.config import AudioConfig
 
 REPORT_PAGE = "report.html"
@@ -64,7 +64,7 @@ IMAGE_WIDTH = 800
 TOP_DB = 80.0
 # Every sound is analysed alike for the page (22050 Hz, 384 bands, power mel).
 PAGE_AUDIO = AudioConfig()
-# Which way each quality measure is better (amnst.quality): +1 higher, -1 lower.
+# Which way each quality measure is better (amnst.engine.quality): +1 higher, -1 lower.
 BETTER = {"chroma_similarity": 1, "onset_correlation": 1, "mfcc_progress": 1, "gram_progress": 1,
           "texture_progress": 1, "mfcc_distance": -1, "gram_distance": -1, "texture_distance": -1,
           "spectral_convergence": -1, "noise_ratio": -1}
@@ -167,7 +167,7 @@ def mel_image(y: np.ndarray, config: AudioConfig = PAGE_AUDIO) -> np.ndarray:
     Power in dB, from :data:`TOP_DB` below the peak (index 0) to the peak
     (255); low frequencies at the bottom.
     """
-    from amnst import audio
+    from amnst.engine import audio
 
     power = audio.mel_spectrogram(y, dataclasses.replace(config, mel_power=2.0)).astype(np.float64)
     power = block_mean(power, IMAGE_BANDS, axis=0)
@@ -180,7 +180,7 @@ def mel_image(y: np.ndarray, config: AudioConfig = PAGE_AUDIO) -> np.ndarray:
 def sound_assets(y: np.ndarray, config: AudioConfig = PAGE_AUDIO) -> dict[str, bytes]:
     """A sound's preview (``"ogg"``) and mel picture (``"png"``), both of its first
     :data:`PREVIEW_SECONDS`."""
-    from amnst import audio
+    from amnst.engine import audio
 
     excerpt = y[:round(PREVIEW_SECONDS * config.sample_rate)]
     return {"ogg": audio.encode(excerpt, config.sample_rate, "ogg"),
@@ -413,7 +413,7 @@ def _figure(role: str, sound: Sound | str) -> str:
 def _quality_table(row: dict[str, Any]) -> str:
     """One line per measure: the output's beside the plain mix's and the content's;
     an output that beats the mix is marked."""
-    from amnst.quality import MIX_CONTENT_GAIN
+    from amnst.engine.quality import MIX_CONTENT_GAIN
 
     columns = {"output": row, "plain mix": row["reference_mix"] or {},
                "content": row["reference_content"] or {}}
@@ -470,7 +470,7 @@ _CONTENT_TYPES = {"ogg": "audio/ogg", "png": "image/png"}
 
 def _write_sound(folder: str, uri: str) -> Sound | str:
     """Write the preview and picture of the audio at ``uri``; the reason if it cannot be read."""
-    from amnst import audio
+    from amnst.engine import audio
 
     try:
         data = storage.read_bytes(uri)

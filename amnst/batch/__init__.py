@@ -1,0 +1,1 @@
+"""The batch service: stages, the Ray runner, manifests, storage, records, reports, nights."""

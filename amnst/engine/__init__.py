@@ -1,0 +1,1 @@
+"""The transfer itself: arrays in, arrays out; knows no Ray, storage or metrics."""

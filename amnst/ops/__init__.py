@@ -1,0 +1,1 @@
+"""Operations: metrics, the capacity model, device set-up."""

@@ -1,0 +1,1 @@
+"""Training the genre CNN on Ray Train."""
