@@ -9,7 +9,7 @@ cluster through RAY_ADDRESS.
 
 import sys
 
-from amnst.cli import nightly_main
+from amnst.cli.nightly import nightly_main
 
 if __name__ == "__main__":
     sys.exit(nightly_main(sys.argv[1:]))

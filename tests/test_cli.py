@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from amnst import cli, synth
-from amnst.cli import build_parser, main, preset_from_args, run_options_from_args
+from amnst import synth
+from amnst.cli import nightly as cli
+from amnst.cli import build_parser, main
+from amnst.cli.options import preset_from_args, run_options_from_args
 from amnst.config import get_preset
 from tests.conftest import write_wav
 

@@ -338,7 +338,7 @@ def test_dockerignore_keeps_the_context_to_what_the_image_needs():
                  "tests/test_cli.py", "amnst/__pycache__/cli.cpython-311.pyc", "amnst.egg-info/PKG-INFO",
                  ".env"):
         assert _dockerignored(path, patterns), f"{path} would be sent to the build"
-    for path in ("pyproject.toml", "README.md", "amnst/cli.py", "jobs/nst_batch.py"):
+    for path in ("pyproject.toml", "README.md", "amnst/cli/__init__.py", "jobs/nst_batch.py"):
         assert not _dockerignored(path, patterns), f"{path} would be left out of the build"
 
 

@@ -32,7 +32,8 @@ import pytest
 import yaml
 
 from amnst.engine import audio
-from amnst import cli, synth
+from amnst import synth
+from amnst.cli import nightly as cli
 from amnst.batch import metadata
 from amnst.cli import build_parser, main
 from amnst.batch.nightly import RECORD_FOLDER

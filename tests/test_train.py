@@ -16,7 +16,8 @@ from amnst.engine import audio
 from amnst.batch import storage
 from amnst import synth
 from amnst.train import cnn as train
-from amnst.cli import EXIT_USAGE, main
+from amnst.cli import main
+from amnst.cli.options import EXIT_USAGE
 from amnst.config import AudioConfig
 from amnst.engine.model import GENRES
 from amnst.bench.reliability import ProcessKiller, descendants_named

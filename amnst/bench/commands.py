@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from amnst.cli import (EXIT_OK, EXIT_USAGE, CommandError, _non_negative_int, _positive_float, _positive_int,
+from amnst.cli.options import (EXIT_OK, EXIT_USAGE, CommandError, _non_negative_int, _positive_float, _positive_int,
                        _unit_fraction, check_folder,
                        check_input_file, check_output_file)
 
