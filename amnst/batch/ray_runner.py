@@ -185,6 +185,12 @@ class _PairState:
     info: AnalysisInfo | None = None
     segments_ref: Any = None
     style_key: tuple | None = None
+    # Once planned: the first segment of each optimise task, and how many each takes;
+    # the segments as those tasks take them (one chunk each, once split); their results.
+    starts: list[int] = field(default_factory=list)
+    width: int = 0
+    chunk_refs: list[Any] = field(default_factory=list)
+    part_refs: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -202,7 +208,8 @@ class _Driver:
     recorded: list[str] = field(default_factory=list)
     # ref -> (task kind, its pair, segments it covers)
     pending: dict[Any, tuple[str, _PairState, int]] = field(default_factory=dict)
-    queued: collections.deque = field(default_factory=collections.deque)
+    # Steps of ready pairs waiting for room in flight: (step, pair, optimise task's index).
+    queued: collections.deque[tuple[str, _PairState, int]] = field(default_factory=collections.deque)
     styles: dict[tuple, list] = field(default_factory=dict)
 
     def resources(self, gpu: bool) -> dict[str, Any]:
@@ -239,33 +246,36 @@ class _Driver:
             self.pending[ref] = ("style", state, 0)
         style = self.styles[state.style_key]
         style[1] += 1
-        width = info.n_segments if preset.nst.couples_segments else self.options.segments_per_task
-        starts = range(0, info.n_segments, width)
-        chunk_refs = [state.segments_ref]
-        if len(starts) > 1:
-            def submit_split() -> None:
-                chunk_refs[:] = _split.options(num_returns=len(starts), **self.resources(gpu=False)).remote(
-                    state.segments_ref, width)
-                self.pending[chunk_refs[0]] = ("split", state, 0)
-            self.queued.append(submit_split)
-        part_refs = []
-        for part, start in enumerate(starts):
-            stop = min(start + width, info.n_segments)
+        state.width = info.n_segments if preset.nst.couples_segments else self.options.segments_per_task
+        state.starts = list(range(0, info.n_segments, state.width))
+        state.chunk_refs = [state.segments_ref]
+        if len(state.starts) > 1:
+            self.queued.append(("split", state, 0))
+        self.queued.extend(("optimise", state, part) for part in range(len(state.starts)))
+        self.queued.append(("render", state, 0))
+        self.progress.segments_total += info.n_segments
 
-            def submit(part: int = part, start: int = start, stop: int = stop) -> None:
-                ref = _optimise.options(**self.resources(gpu=True)).remote(
-                    chunk_refs[part], start, style[0], preset, self.weights)
-                part_refs.append(ref)
-                self.pending[ref] = ("optimise", state, stop - start)
-            self.queued.append(submit)
-
-        def submit_render() -> None:
+    def submit_step(self, step: str, state: _PairState, part: int) -> None:
+        """Submit one queued step of a planned pair: the split of its segments into the
+        optimise tasks' chunks; optimise task ``part``; or the render task, which takes
+        every optimise task's result."""
+        job, info = state.job, state.info
+        if step == "split":
+            state.chunk_refs = _split.options(num_returns=len(state.starts), **self.resources(gpu=False)).remote(
+                state.segments_ref, state.width)
+            self.pending[state.chunk_refs[0]] = ("split", state, 0)
+        elif step == "optimise":
+            start = state.starts[part]
+            stop = min(start + state.width, info.n_segments)
+            ref = _optimise.options(**self.resources(gpu=True)).remote(
+                state.chunk_refs[part], start, self.styles[state.style_key][0], job.preset, self.weights)
+            state.part_refs.append(ref)
+            self.pending[ref] = ("optimise", state, stop - start)
+        else:
             ref = _render.options(**self.resources(gpu=False)).remote(
-                job, info, self.options.output_format, *part_refs)
+                job, info, self.options.output_format, *state.part_refs)
             self.pending[ref] = ("render", state, 0)
             state.segments_ref = None  # the split or optimise tasks hold it now
-        self.queued.append(submit_render)
-        self.progress.segments_total += info.n_segments
 
     # completion
 
@@ -425,7 +435,7 @@ def _drive(driver: _Driver, rows: Iterator[PairJob | RowError],
     last_report = 0.0
     while True:
         while driver.queued and len(driver.pending) < options.max_in_flight:
-            driver.queued.popleft()()
+            driver.submit_step(*driver.queued.popleft())
         while not exhausted and not driver.queued and len(driver.pending) < options.max_in_flight:
             item = next(rows, None)
             if item is None:
