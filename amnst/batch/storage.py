@@ -163,7 +163,12 @@ observer: Callable[[str, int, bool], None] | None = None
 
 
 def _observed(operation: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Report a read or write (bytes moved, or a failure) to :data:`observer`."""
+    """Report a read or write (bytes moved, or a failure) to :data:`observer`.
+
+    A read returns its bytes (or ``(bytes, tag)``); a write takes them as its
+    first argument after the URI. A conditional write that answers False (the
+    object was there, or changed) moved nothing and did not fail.
+    """
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(function)
         def observed(uri: _UriLike, *args: Any, **kwargs: Any) -> Any:
@@ -174,7 +179,11 @@ def _observed(operation: str) -> Callable[[Callable[..., Any]], Callable[..., An
                     observer(operation, 0, True)
                 raise
             if observer is not None:
-                observer(operation, len(result if operation == "read" else args[0]), False)
+                if operation == "read":
+                    moved = len(result[0] if isinstance(result, tuple) else result)
+                else:
+                    moved = 0 if result is False else len(args[0])
+                observer(operation, moved, False)
             return result
         return observed
     return decorate
@@ -220,6 +229,7 @@ def _write_bytes(uri: _UriLike, data: bytes, *, if_absent: bool = False,
         _write_local(Path(location.path), data, if_absent, location.uri)
 
 
+@_observed("write")
 def create_only(uri: _UriLike, data: bytes) -> bool:
     """Create the object or file at ``uri`` holding ``data``, only if nothing is there.
 
@@ -232,16 +242,11 @@ def create_only(uri: _UriLike, data: bytes) -> bool:
     try:
         _write_bytes(uri, data, if_absent=True)
     except AlreadyExistsError:
-        return False  # an answer, not a failure: not counted as one
-    except StorageError:
-        if observer is not None:
-            observer("write", 0, True)
-        raise
-    if observer is not None:
-        observer("write", len(data), False)
+        return False  # an answer, not a failure
     return True
 
 
+@_observed("read")
 def read_versioned(uri: _UriLike) -> tuple[bytes, str]:
     """The content of the object or file at ``uri`` and a tag of that version.
 
@@ -250,24 +255,14 @@ def read_versioned(uri: _UriLike) -> tuple[bytes, str]:
     into place) is for :func:`replace_if` and :func:`delete_if`.
     """
     location = _parse(uri, key_required=True)
-    try:
-        if location.scheme == "s3":
-            with _s3_errors(location.uri):
-                response = _s3(location.uri).client.get_object(Bucket=location.bucket, Key=location.path)
-                data = response["Body"].read()
-                tag = response["ETag"]
-        else:
-            with _local_errors(location.uri), open(location.path, "rb") as stream:
-                # The open file's own status: the version read, whatever replaces the name meanwhile.
-                tag = _local_tag(os.fstat(stream.fileno()))
-                data = stream.read()
-    except StorageError:
-        if observer is not None:
-            observer("read", 0, True)
-        raise
-    if observer is not None:
-        observer("read", len(data), False)
-    return data, tag
+    if location.scheme == "s3":
+        with _s3_errors(location.uri):
+            response = _s3(location.uri).client.get_object(Bucket=location.bucket, Key=location.path)
+            return response["Body"].read(), response["ETag"]
+    with _local_errors(location.uri), open(location.path, "rb") as stream:
+        # The open file's own status: the version read, whatever replaces the name meanwhile.
+        tag = _local_tag(os.fstat(stream.fileno()))
+        return stream.read(), tag
 
 
 @_observed("write")
