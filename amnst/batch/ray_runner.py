@@ -300,7 +300,10 @@ class _Driver:
         elif state.info.status == "ready":
             self.plan_optimisation(state)
         else:
-            self.record(state, state.info.status, error=state.info.error)
+            # A skip says which run's output it kept, as a skip for a live claim does.
+            error = state.info.error if state.info.status != "skipped" else \
+                f"done by run {self.status.run_of(state.job.pair_id)}"
+            self.record(state, state.info.status, error=error)
 
     def on_rendered(self, state: _PairState, ref: Any) -> None:
         style = self.styles[state.style_key]
