@@ -68,8 +68,13 @@ def segments_of(y: np.ndarray, preset_name: str, count: int | None = None, full:
     return audio.segment(audio.mel_spectrogram(y, config), config)[:count]
 
 
+def wav_bytes(y: np.ndarray, sample_rate: int = 22050) -> bytes:
+    """``y`` as 16-bit WAV bytes, encoded as the service encodes its outputs."""
+    return audio.encode(y, sample_rate, "wav")
+
+
 def write_wav(path: Path, y: np.ndarray, sample_rate: int = 22050) -> Path:
-    path.write_bytes(audio.encode(y, sample_rate, "wav"))
+    path.write_bytes(wav_bytes(y, sample_rate))
     return path
 from tests.s3_server import aws_endpoint, moto_server, s3_bucket, s3_env  # noqa: F401
 

@@ -17,14 +17,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from amnst.engine import audio
 from amnst.batch import claims, metadata, storage
 from amnst import synth
 from amnst.batch.claims import Claim, ClaimKeeper, claim_uri
 from amnst.config import get_preset
 from amnst.batch.ray_runner import RunOptions, run_manifest
-from amnst.bench.reliability import Driver
-from tests.conftest import local_ray_instance
+from amnst.bench.processes import Driver
+from tests.conftest import local_ray_instance, wav_bytes
 
 PRESET = get_preset("default").with_overrides(iterations=2)
 SECONDS = 3.0  # one segment a pair
@@ -135,11 +134,11 @@ def ray_address(moto_server):
 def write_pairs(output: str, count: int, seconds: float = SECONDS) -> str:
     """``count`` pairs of short music with one rain under OUTPUT/../inputs; the manifest's URI."""
     inputs = storage.join(output.rsplit("/", 1)[0], "inputs")
-    storage.write_bytes(storage.join(inputs, "rain.wav"), audio.encode(synth.rain(3.0, seed=1), 22050, "wav"))
+    storage.write_bytes(storage.join(inputs, "rain.wav"), wav_bytes(synth.rain(3.0, seed=1)))
     rows = ["pair_id,content,style"]
     for index in range(count):
         storage.write_bytes(storage.join(inputs, f"music{index}.wav"),
-                            audio.encode(synth.music(seconds, seed=index), 22050, "wav"))
+                            wav_bytes(synth.music(seconds, seed=index)))
         rows.append(f"p{index},music{index}.wav,rain.wav")
     manifest = storage.join(inputs, "manifest.csv")
     storage.write_bytes(manifest, ("\n".join(rows) + "\n").encode())

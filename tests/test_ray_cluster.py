@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-from amnst.engine import audio
 from amnst.ops import capacity
 from amnst.batch import metadata
 from amnst.bench import reliability
@@ -20,6 +19,7 @@ from amnst.bench.benchmarks import style_gram_bytes
 from amnst.config import get_preset
 from amnst.engine.model import build_model
 from amnst.batch.ray_runner import RunOptions, run_manifest
+from tests.conftest import write_wav
 from tests.s3_server import aws_endpoint
 
 PRESET = get_preset("default")
@@ -39,10 +39,10 @@ def test_a_scaled_down_batch_keeps_the_models_budgets(gpu_cluster, tmp_path):
     cluster, workers = gpu_cluster
     rows = []
     for index in range(2):
-        (tmp_path / f"style{index}.wav").write_bytes(audio.encode(synth.rain(4.0, seed=index), 22050, "wav"))
+        write_wav(tmp_path / f"style{index}.wav", synth.rain(4.0, seed=index))
     for index in range(PAIRS):
         y = synth.music(PAIR_SECONDS, seed=20 + index)
-        (tmp_path / f"m{index}.wav").write_bytes(audio.encode(y, 22050, "wav"))
+        write_wav(tmp_path / f"m{index}.wav", y)
         rows.append(f"p{index},m{index}.wav,style{index % 2}.wav")
     (tmp_path / "manifest.csv").write_text("pair_id,content,style\n" + "\n".join(rows) + "\n")
     preset = PRESET.with_overrides(iterations=3)

@@ -12,11 +12,11 @@ import numpy as np
 import ray
 import soundfile as sf
 
-from amnst.engine import audio
 from amnst.batch import metadata
 from amnst import synth
 from amnst.config import get_preset
 from amnst.batch.ray_runner import EXIT_PARTIAL, RunOptions, run_manifest
+from tests.conftest import wav_bytes, write_wav
 from tests.s3_server import aws_environment
 
 PRESET = get_preset("default").with_overrides(iterations=3)
@@ -28,18 +28,14 @@ def put(key: str, data: bytes) -> str:
     return f"{BUCKET}/{key}"
 
 
-def wav(y: np.ndarray) -> bytes:
-    return audio.encode(y, 22050, "wav")
-
-
 def write_inputs(pairs: int = 2, seconds: float = 6.0) -> list[str]:
     """Pairs of synthesized music and ambience under inputs/, and their manifest rows."""
     rows = []
     styles = ["rain", "drone"]
     for index in range(pairs):
-        put(f"inputs/music{index}.wav", wav(synth.music(seconds, seed=index)))
+        put(f"inputs/music{index}.wav", wav_bytes(synth.music(seconds, seed=index)))
         style = styles[index % 2]
-        put(f"inputs/{style}.wav", wav(synth.STYLES[style](5.0, seed=1)))
+        put(f"inputs/{style}.wav", wav_bytes(synth.STYLES[style](5.0, seed=1)))
         rows.append(f"p{index},music{index}.wav,{style}.wav")
     return rows
 
@@ -124,9 +120,9 @@ def test_a_rerun_skips_finished_pairs_and_computes_only_new_ones(local_ray, s3_b
 
 def test_bad_rows_and_inputs_fail_alone(local_ray, s3_bucket):
     rows = write_inputs(1)
-    put("inputs/silent.wav", wav(np.zeros(22050 * 2, np.float32)))
+    put("inputs/silent.wav", wav_bytes(np.zeros(22050 * 2, np.float32)))
     put("inputs/noise.mp3", np.random.default_rng(0).bytes(4000))
-    whole = wav(synth.music(3.0, seed=5))
+    whole = wav_bytes(synth.music(3.0, seed=5))
     put("inputs/cut.wav", whole[:len(whole) * 2 // 3])
     rows += ["silent,silent.wav,rain.wav", "noise,music0.wav,noise.mp3", "missing,nothing.wav,rain.wav",
              "p0,music0.wav,rain.wav", "../../x,music0.wav,rain.wav", "cut,cut.wav,rain.wav"]
@@ -154,14 +150,14 @@ def test_bad_rows_and_inputs_fail_alone(local_ray, s3_bucket):
 
 def test_run_matches_transfer_with_one_segment_per_task(local_ray, s3_bucket, tmp_path):
     content, style = synth.music(6.0, seed=4), synth.rain(5.0, seed=4)
-    (tmp_path / "c.wav").write_bytes(wav(content))
-    (tmp_path / "s.wav").write_bytes(wav(style))
+    write_wav(tmp_path / "c.wav", content)
+    write_wav(tmp_path / "s.wav", style)
     local_out = tmp_path / "transfer.wav"
     from amnst.cli import main
     assert main(["transfer", str(tmp_path / "c.wav"), str(tmp_path / "s.wav"), "-o", str(local_out),
                  "--iterations", "3"]) == 0
-    put("inputs/c.wav", wav(content))
-    put("inputs/s.wav", wav(style))
+    put("inputs/c.wav", wav_bytes(content))
+    put("inputs/s.wav", wav_bytes(style))
     output = f"{BUCKET}/out"
     summary = run_manifest(write_manifest(["same,c.wav,s.wav"]),
                            RunOptions(output, PRESET, segments_per_task=1))

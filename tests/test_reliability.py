@@ -31,7 +31,9 @@ import ray
 from amnst.batch import metadata, storage
 from amnst.engine import model
 from amnst.bench import reliability
+from amnst.bench.bad_inputs import Case, OptionCase, bad_input_cases, bad_option_cases
 from amnst.bench.faultproxy import FaultPlan, FaultProxy
+from amnst.bench.processes import Driver
 from amnst.batch.ray_runner import EXIT_OK, EXIT_PARTIAL, RunOptions, run_manifest
 from tests.conftest import local_ray_instance
 from tests.s3_server import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, free_port
@@ -76,7 +78,7 @@ def test_bad_inputs_and_rows_fail_alone_with_their_reasons(root):
     # written outside the output prefix, whatever the pair_id.
     assert_every_good_pair_done_once(outcome)
     # Then every class of bad option and local path on the command line is refused before any work.
-    cases, options = reliability.bad_input_cases(), reliability.bad_option_cases()
+    cases, options = bad_input_cases(), bad_option_cases()
     assert outcome.audit.expected == 7
     assert sum(case.reason is not None for case in cases) == 25 and len(options) == 12
     assert outcome.audit.failed_as_expected == 25 + 12
@@ -87,7 +89,7 @@ def test_bad_override_rows_are_refused_as_the_manifest_is_read(tmp_path):
     """The bad-input table's override rows fail at parsing, before any task: no Ray, no S3 here."""
     from amnst.batch.manifest import RowError, read_manifest
 
-    cases = reliability.bad_input_cases()
+    cases = bad_input_cases()
     manifest = reliability.write_inputs(str(tmp_path), {}, cases)
     items = list(read_manifest(manifest, reliability.PRESET))
     refused = {item.row: item.reason for item in items if isinstance(item, RowError)}
@@ -101,10 +103,10 @@ def test_bad_override_rows_are_refused_as_the_manifest_is_read(tmp_path):
 def test_bad_options_and_paths_are_refused_before_any_work():
     """The command lines of the bad-input scenario: each refused in one line, before decoding or Ray."""
     result = reliability.Audit()
-    reliability.refuse_options(reliability.bad_option_cases(), result)
+    reliability.refuse_options(bad_option_cases(), result)
     assert result.problems == [] and result.failed_as_expected == 12
     # The audit catches a command line that is not refused as expected.
-    wrong = reliability.OptionCase("accepted", ("transfer", "{missing}", "{missing}", "-o", "{out}"), "seed")
+    wrong = OptionCase("accepted", ("transfer", "{missing}", "{missing}", "-o", "{out}"), "seed")
     reliability.refuse_options([wrong], result)
     assert len(result.problems) == 1 and "no such file" in result.problems[0]
 
@@ -204,8 +206,8 @@ class _Pushgateway(BaseHTTPRequestHandler):
 def test_no_secret_reaches_logs_metadata_or_metrics(root, ray_session):
     files, cases = reliability.good_pairs(1)
     # Failures are where a secret would leak: an error message built from a request.
-    cases += [reliability.Case("missing", {"pair_id": "gone", "content": "nothing.wav", "style": "rain.wav"}),
-              reliability.Case("undecodable", {"pair_id": "noise", "content": "noise.mp3", "style": "rain.wav"})]
+    cases += [Case("missing", {"pair_id": "gone", "content": "nothing.wav", "style": "rain.wav"}),
+              Case("undecodable", {"pair_id": "noise", "content": "noise.mp3", "style": "rain.wav"})]
     files["noise.mp3"] = b"\xff\xfb" + bytes(2000)
     manifest = reliability.write_inputs(root, files, cases)
     gateway = ThreadingHTTPServer(("127.0.0.1", 0), _Pushgateway)
@@ -214,7 +216,7 @@ def test_no_secret_reaches_logs_metadata_or_metrics(root, ray_session):
     scrapes = []
     with gateway:
         threading.Thread(target=gateway.serve_forever, daemon=True).start()
-        driver = reliability.Driver(
+        driver = Driver(
             [manifest, "--output", reliability.output_of(root), "--iterations", "2",
              "--metrics-port", str(metrics_port), "--pushgateway", f"127.0.0.1:{gateway.server_address[1]}"],
             ray.get_runtime_context().gcs_address)

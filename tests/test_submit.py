@@ -31,12 +31,12 @@ import boto3
 import pytest
 import yaml
 
-from amnst.engine import audio
 from amnst import synth
 from amnst.cli import nightly as cli
 from amnst.batch import metadata
 from amnst.cli import build_parser, main
 from amnst.batch.nightly import RECORD_FOLDER
+from tests.conftest import wav_bytes
 from tests.s3_server import BUCKET, aws_environment, free_port
 
 # Raised inside Ray's own job client while it follows the logs.
@@ -164,10 +164,6 @@ def put(key: str, data: bytes | str) -> str:
     return f"s3://{BUCKET}/{key}"
 
 
-def wav(seed: int) -> bytes:
-    return audio.encode(synth.music(5.0, seed=seed), 22050, "wav")
-
-
 def pairs(output: str) -> dict[str, str]:
     return {row["pair_id"]: row["status"] for row in metadata.read_table(output, "pairs").to_pylist()}
 
@@ -195,8 +191,8 @@ def test_submit_without_the_token_is_refused_in_one_line(ray_head, monkeypatch, 
 
 
 def test_submit_waits_for_the_job_and_never_runs_an_id_twice(token_holder, ray_head, s3_bucket, capsys):
-    content, style = put("inputs/music.wav", wav(0)), put("inputs/rain.wav", audio.encode(
-        synth.rain(5.0, seed=1), 22050, "wav"))
+    content, style = put("inputs/music.wav", wav_bytes(synth.music(5.0, seed=0))), put(
+        "inputs/rain.wav", wav_bytes(synth.rain(5.0, seed=1)))
     manifest = put("inputs/manifest.csv", f"pair_id,content,style\np0,{content},{style}\n"
                                           f"gone,s3://{BUCKET}/inputs/missing.wav,{style}\n")
     output = f"s3://{BUCKET}/out"
@@ -226,8 +222,9 @@ def test_submit_waits_for_the_job_and_never_runs_an_id_twice(token_holder, ray_h
 
 
 def test_submit_nightly_uses_the_nights_id(token_holder, s3_bucket, capsys):
-    style = put("inputs/rain.wav", audio.encode(synth.rain(5.0, seed=1), 22050, "wav"))
-    put("nightly/every.csv", f"pair_id,content,style\np0,{put('inputs/music.wav', wav(1))},{style}\n")
+    style = put("inputs/rain.wav", wav_bytes(synth.rain(5.0, seed=1)))
+    content = put("inputs/music.wav", wav_bytes(synth.music(5.0, seed=1)))
+    put("nightly/every.csv", f"pair_id,content,style\np0,{content},{style}\n")
     output = f"s3://{BUCKET}/nights"
     today = time.strftime("%Y-%m-%d", time.gmtime())
     argv = ["submit", "nightly", "--address", token_holder, "--wait", "--",

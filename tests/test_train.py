@@ -15,12 +15,17 @@ import pytest
 from amnst.engine import audio
 from amnst.batch import storage
 from amnst import synth
-from amnst.train import cnn as train
+from amnst.train.cnn import CARD_NAME, RUN_NAME, SPLIT_NAME, train
+from amnst.train.dataset import (GENRES_FOLDER, LABELS_FILE, TRAIN_AUDIO, DatasetError, class_order, list_tracks,
+                                 segments_per_track, split_by_track, track_segments, write_synthetic_gtzan)
+from amnst.train.loop import WEIGHTS_NAME, epoch_batches, replica_slice
+from amnst.train.recipe import Plateau, TrainOptions, TrainState, advance, plateau_step
+from amnst.train.records import TRAINING_SCHEMA_VERSION, read_epochs
 from amnst.cli import main
 from amnst.cli.options import EXIT_USAGE
 from amnst.config import AudioConfig
 from amnst.engine.model import GENRES
-from amnst.bench.reliability import ProcessKiller, descendants_named
+from amnst.bench.processes import ProcessKiller, descendants_named
 from tests.conftest import local_ray_instance, write_wav
 
 BUCKET = "amnst-train"
@@ -37,13 +42,13 @@ EPOCHS = 5
 
 @pytest.mark.parametrize("seconds, expected", [(30.0, 6), (29.93, 6), (30.65, 6), (10.0, 2), (7.0, 1), (1.0, 1)])
 def test_segments_per_track_as_the_original_for_30_s(seconds, expected):
-    n_frames = audio.num_frames(round(seconds * 22050), train.TRAIN_AUDIO)
-    assert train.segments_per_track(n_frames, train.TRAIN_AUDIO) == expected
+    n_frames = audio.num_frames(round(seconds * 22050), TRAIN_AUDIO)
+    assert segments_per_track(n_frames, TRAIN_AUDIO) == expected
 
 
 def test_track_segments_are_the_magnitude_mel_cut_without_overlap():
     wav = audio.encode(synth.music(13.0, seed=2), 22050, "wav")
-    segments = train.track_segments(wav, train.TRAIN_AUDIO, "x.wav")
+    segments = track_segments(wav, TRAIN_AUDIO, "x.wav")
     assert segments.shape == (3, 384, 431) and segments.dtype == np.float32
     magnitude = AudioConfig(mel_power=1.0)
     mel = audio.mel_spectrogram(audio.load(wav, magnitude), magnitude)
@@ -54,15 +59,15 @@ def test_track_segments_are_the_magnitude_mel_cut_without_overlap():
 
 def test_split_is_by_track_seeded_and_stratified():
     labels = ["blues"] * 10 + ["jazz"] * 7 + ["rock"] * 2 + ["pop"]
-    train_tracks, val_tracks = train.split_by_track(labels, 0.2, seed=3)
+    train_tracks, val_tracks = split_by_track(labels, 0.2, seed=3)
     assert not set(train_tracks) & set(val_tracks)
     assert sorted([*train_tracks, *val_tracks]) == list(range(len(labels)))
     held_out = [labels[i] for i in val_tracks]
     # round(0.2 * n), at least one and never all of a genre; a lone track always trains.
     assert {g: held_out.count(g) for g in set(labels)} == {"blues": 2, "jazz": 1, "rock": 1, "pop": 0}
-    again = train.split_by_track(labels, 0.2, seed=3)
+    again = split_by_track(labels, 0.2, seed=3)
     assert all(np.array_equal(a, b) for a, b in zip(again, (train_tracks, val_tracks)))
-    others = [tuple(train.split_by_track(labels, 0.2, seed=s)[1]) for s in range(5)]
+    others = [tuple(split_by_track(labels, 0.2, seed=s)[1]) for s in range(5)]
     assert len(set(others)) > 1
 
 
@@ -75,33 +80,33 @@ def test_plateau_matches_keras_reduce_lr_on_plateau():
                                                  min_delta=0.005)
     callback.set_model(model)
     callback.on_train_begin()
-    state = train.Plateau(1e-3)
+    state = Plateau(1e-3)
     accuracies = [0.40, 0.60, 0.603, 0.604, 0.61, 0.612, 0.70, 0.70, 0.69, 0.71, 0.705, 0.7, 0.9]
     for epoch, accuracy in enumerate(accuracies):
         callback.on_epoch_end(epoch, {"val_accuracy": accuracy})
-        state = train.plateau_step(state, accuracy, factor=0.5, patience=2, min_delta=0.005)
+        state = plateau_step(state, accuracy, factor=0.5, patience=2, min_delta=0.005)
         assert state.learning_rate == pytest.approx(float(model.optimizer.learning_rate)), epoch
     assert state.learning_rate < 1e-3 / 4
 
 
 def test_best_epoch_is_the_strictly_best_validation_accuracy():
-    options = train.TrainOptions("d", "o")
-    state = train.TrainState(0, train.Plateau(1e-3))
+    options = TrainOptions("d", "o")
+    state = TrainState(0, Plateau(1e-3))
     marks = []
     for epoch, accuracy in enumerate([0.5, 0.8, 0.8, 0.7]):
-        state, improved = train.advance(state, epoch, accuracy, (accuracy,), options)
+        state, improved = advance(state, epoch, accuracy, (accuracy,), options)
         marks.append(improved)
     assert marks == [True, True, False, False]
     assert (state.best_epoch, state.best_val_accuracy, state.next_epoch) == (1, 0.8, 4)
-    assert train.TrainState.from_json(state.to_json()) == state
+    assert TrainState.from_json(state.to_json()) == state
 
 
 def test_batches_cover_each_segment_at_most_once_and_split_over_replicas():
-    batches = train.epoch_batches(10, 4, seed=0, epoch=3)
+    batches = epoch_batches(10, 4, seed=0, epoch=3)
     assert batches.shape == (2, 4) and len(set(batches.ravel())) == 8
-    assert np.array_equal(batches, train.epoch_batches(10, 4, seed=0, epoch=3))
-    assert not np.array_equal(batches, train.epoch_batches(10, 4, seed=0, epoch=4))
-    shares = [range(5)[train.replica_slice(5, 3, r)] for r in range(3)]
+    assert np.array_equal(batches, epoch_batches(10, 4, seed=0, epoch=3))
+    assert not np.array_equal(batches, epoch_batches(10, 4, seed=0, epoch=4))
+    shares = [range(5)[replica_slice(5, 3, r)] for r in range(3)]
     assert [list(s) for s in shares] == [[0], [1, 2], [3, 4]]
 
 
@@ -109,28 +114,28 @@ def test_labels_come_from_the_csv_when_present_else_from_folders(tmp_path):
     root = tmp_path / "data"
     for relative in ("blues/blues.00000.wav", "blues/blues.00001.wav", "jazz/jazz.00000.wav",
                      "jazz/.DS_Store", "jazz/deeper/x.wav"):
-        (root / train.GENRES_FOLDER / relative).parent.mkdir(parents=True, exist_ok=True)
-        (root / train.GENRES_FOLDER / relative).write_bytes(b"x")
-    tracks, skipped = train.list_tracks(str(root))
+        (root / GENRES_FOLDER / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / GENRES_FOLDER / relative).write_bytes(b"x")
+    tracks, skipped = list_tracks(str(root))
     assert [(t.id, t.label) for t in tracks] == [
         ("blues/blues.00000.wav", "blues"), ("blues/blues.00001.wav", "blues"), ("jazz/jazz.00000.wav", "jazz")]
     assert skipped == []
     # The CSV wins over folders: a file it does not list, and a row without a file, are recorded.
-    (root / train.LABELS_FILE).write_text("filename,length,label\nblues.00000.wav,30,rock\n"
+    (root / LABELS_FILE).write_text("filename,length,label\nblues.00000.wav,30,rock\n"
                                           "jazz.00000.wav,30,jazz\njazz.00099.wav,30,jazz\n")
-    tracks, skipped = train.list_tracks(str(root))
+    tracks, skipped = list_tracks(str(root))
     assert [(t.id, t.label) for t in tracks] == [
         ("blues/blues.00000.wav", "rock"), ("jazz/jazz.00000.wav", "jazz")]
     assert [(s.track, s.reason) for s in skipped] == [
         ("blues/blues.00001.wav", "not listed in features_30_sec.csv"),
         ("jazz.00099.wav", "listed in features_30_sec.csv but not found")]
-    assert train.class_order(["rock", "jazz"]) == GENRES
-    assert train.class_order(["techno", "ambient"]) == ("ambient", "techno")
+    assert class_order(["rock", "jazz"]) == GENRES
+    assert class_order(["techno", "ambient"]) == ("ambient", "techno")
 
 
 def test_evaluate_runs_the_original_imported_weights(seed_weights_npy, tmp_path, capsys):
     data = str(tmp_path / "data")
-    train.write_synthetic_gtzan(data, tracks_per_genre=2, seconds=5.0, genres=GENRE_SET[:2],
+    write_synthetic_gtzan(data, tracks_per_genre=2, seconds=5.0, genres=GENRE_SET[:2],
                                 corrupt="disco.00001.wav")
     weights = tmp_path / "seed.weights.h5"
     assert main(["weights", "import", str(seed_weights_npy), str(weights)]) == 0
@@ -163,15 +168,15 @@ def cluster(moto_server):
     with local_ray_instance(moto_server):
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         data = f"s3://{BUCKET}/gtzan"
-        train.write_synthetic_gtzan(data, tracks_per_genre=6, seconds=10.0, genres=GENRE_SET, corrupt=CORRUPT)
+        write_synthetic_gtzan(data, tracks_per_genre=6, seconds=10.0, genres=GENRE_SET, corrupt=CORRUPT)
         yield data
 
 
 @pytest.fixture(scope="module")
 def trained(cluster):
     """One training on 2 workers; returns (options, model card)."""
-    options = train.TrainOptions(cluster, f"s3://{BUCKET}/out", epochs=EPOCHS, **OPTIONS)
-    return options, train.train(options)
+    options = TrainOptions(cluster, f"s3://{BUCKET}/out", epochs=EPOCHS, **OPTIONS)
+    return options, train(options)
 
 
 def test_two_workers_learn_well_above_chance(trained):
@@ -184,12 +189,12 @@ def test_two_workers_learn_well_above_chance(trained):
     [skipped] = card["dataset"]["skipped"]
     assert skipped["track"] == f"reggae/{CORRUPT}" and "cannot decode" in skipped["reason"]
     assert len(card["dataset"]["fingerprint"]) == 16 and card["epochs"] == EPOCHS and card["workers"] == 2
-    assert json.loads(storage.read_bytes(f"{options.output}/{train.CARD_NAME}")) == card
+    assert json.loads(storage.read_bytes(f"{options.output}/{CARD_NAME}")) == card
 
 
 def test_no_track_is_on_both_sides(trained):
     options, card = trained
-    split = json.loads(storage.read_bytes(f"{options.output}/{train.SPLIT_NAME}"))
+    split = json.loads(storage.read_bytes(f"{options.output}/{SPLIT_NAME}"))
     assert not set(split["train"]) & set(split["val"])
     held_out = [track.split("/")[0] for track in split["val"]]
     # Two of each genre's six tracks, drawn before decoding: the corrupt one may be among them.
@@ -200,11 +205,11 @@ def test_no_track_is_on_both_sides(trained):
 
 def test_one_parquet_row_per_epoch(trained):
     options, card = trained
-    rows = train.read_epochs(options.output).to_pylist()
+    rows = read_epochs(options.output).to_pylist()
     assert [r["epoch"] for r in rows] == list(range(EPOCHS))
     assert len({r["run_id"] for r in rows}) == 1 and not any(r["resumed"] for r in rows)
     for row in rows:
-        assert row["schema_version"] == train.TRAINING_SCHEMA_VERSION and row["date"]
+        assert row["schema_version"] == TRAINING_SCHEMA_VERSION and row["date"]
         assert row["workers"] == 2 and row["replicas"] == 2 and row["global_batch"] == options.batch_size
         assert row["samples_per_second"] > 0 and row["seconds"] >= row["train_seconds"] > 0
         assert row["train_samples"] == card["dataset"]["segments_train"] // options.batch_size * options.batch_size
@@ -217,7 +222,7 @@ def test_one_parquet_row_per_epoch(trained):
 
 def test_evaluate_reproduces_the_validation_accuracy_of_the_exported_weights(trained, capsys):
     options, card = trained
-    assert main(["evaluate", "--data", options.data, "--weights", f"{options.output}/{train.WEIGHTS_NAME}",
+    assert main(["evaluate", "--data", options.data, "--weights", f"{options.output}/{WEIGHTS_NAME}",
                  "--split", "val", "--val-fraction", str(options.val_fraction)]) == 0
     out = capsys.readouterr().out
     assert f"accuracy {card['val_accuracy']:.3f} over {card['dataset']['segments_val']} segments" in out
@@ -225,8 +230,8 @@ def test_evaluate_reproduces_the_validation_accuracy_of_the_exported_weights(tra
 
 def test_exported_weights_drive_transfer(trained, tmp_path):
     options, _ = trained
-    weights = tmp_path / train.WEIGHTS_NAME
-    weights.write_bytes(storage.read_bytes(f"{options.output}/{train.WEIGHTS_NAME}"))
+    weights = tmp_path / WEIGHTS_NAME
+    weights.write_bytes(storage.read_bytes(f"{options.output}/{WEIGHTS_NAME}"))
     content = write_wav(tmp_path / "music.wav", synth.music(6.0, seed=5))
     style = write_wav(tmp_path / "rain.wav", synth.rain(5.0, seed=5))
     out = tmp_path / "out.wav"
@@ -238,9 +243,9 @@ def test_exported_weights_drive_transfer(trained, tmp_path):
 def test_another_dataset_is_refused_in_a_used_output(trained, tmp_path):
     options, _ = trained
     other = str(tmp_path / "other")
-    train.write_synthetic_gtzan(other, tracks_per_genre=2, seconds=1.0, genres=GENRE_SET[:2])
-    with pytest.raises(train.DatasetError, match="holds another training"):
-        train.train(train.TrainOptions(other, options.output, batch_size=2, val_fraction=0.5))
+    write_synthetic_gtzan(other, tracks_per_genre=2, seconds=1.0, genres=GENRE_SET[:2])
+    with pytest.raises(DatasetError, match="holds another training"):
+        train(TrainOptions(other, options.output, batch_size=2, val_fraction=0.5))
 
 
 MORE = 6
@@ -257,7 +262,7 @@ def test_a_rerun_resumes_and_a_killed_worker_restarts_from_a_checkpoint(trained)
     options = dataclasses.replace(finished_options, output=f"s3://{BUCKET}/resumed", epochs=EPOCHS + MORE)
     for uri in storage.list_uris(finished_options.output):
         storage.write_bytes(options.output + uri[len(finished_options.output):], storage.read_bytes(uri))
-    snapshot = f"{options.output}/checkpoints/{train.RUN_NAME}/checkpoint_manager_snapshot.json"
+    snapshot = f"{options.output}/checkpoints/{RUN_NAME}/checkpoint_manager_snapshot.json"
     last = f"epoch-{EPOCHS + MORE - 1:05d}"
 
     def the_rerun_has_a_checkpoint_and_epochs_remain() -> bool:
@@ -269,9 +274,9 @@ def test_a_rerun_resumes_and_a_killed_worker_restarts_from_a_checkpoint(trained)
     # Workers of the earlier training may outlive it for a while: only the rerun's are fair game.
     with ProcessKiller(b"ray::RayTrainWorker", armed=the_rerun_has_a_checkpoint_and_epochs_remain,
                        spare=descendants_named(b"ray::RayTrainWorker"), interval=0.2) as killer:
-        card = train.train(options)
+        card = train(options)
     assert killer.killed, "no training worker was killed"
-    rows = train.read_epochs(options.output).to_pylist()
+    rows = read_epochs(options.output).to_pylist()
     assert [r["epoch"] for r in rows] == list(range(EPOCHS + MORE)) and card["epochs"] == EPOCHS + MORE
     first_run, rerun = rows[0]["run_id"], rows[-1]["run_id"]
     assert [r["run_id"] for r in rows] == [first_run] * EPOCHS + [rerun] * MORE and rerun != first_run

@@ -735,10 +735,13 @@ def bench_train(quick: bool = False) -> dict[str, Any]:
 
     import ray
 
-    from amnst.train import cnn as train
+    from amnst.train.cnn import train
+    from amnst.train.dataset import write_synthetic_gtzan
+    from amnst.train.recipe import TrainOptions
+    from amnst.train.records import read_epochs
 
     tracks, epochs, repeats = (4, 2, 1) if quick else (8, 3, 3)
-    batch = train.TrainOptions.batch_size  # the recipe's global batch
+    batch = TrainOptions.batch_size  # the recipe's global batch
     cpus = os.cpu_count() or 1
     gpus = len(tf.config.list_physical_devices("GPU"))
     configurations = {"ray_1_worker": (1, cpus, 0), "ray_2_workers": (2, cpus / 2, 0)}
@@ -748,15 +751,15 @@ def bench_train(quick: bool = False) -> dict[str, Any]:
                                "in_process_samples_per_s": _in_process_train_rate(batch, repeats)}
     with tempfile.TemporaryDirectory() as folder:
         data = os.path.join(folder, "data")
-        train.write_synthetic_gtzan(data, tracks, seconds=30.0)
+        write_synthetic_gtzan(data, tracks, seconds=30.0)
         ray.init(address="local", num_cpus=cpus, num_gpus=gpus, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
         try:
             for name, (workers, cpus_per_worker, gpus_per_worker) in configurations.items():
-                options = train.TrainOptions(data, os.path.join(folder, name), workers=workers, epochs=epochs,
-                                             cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
-                card = train.train(options)
-                rows = train.read_epochs(options.output).to_pylist()
+                options = TrainOptions(data, os.path.join(folder, name), workers=workers, epochs=epochs,
+                                       cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker)
+                card = train(options)
+                rows = read_epochs(options.output).to_pylist()
                 figures[f"{name}_samples_per_s"] = max(r["samples_per_second"] for r in rows if r["epoch"] > 0)
         finally:
             ray.shutdown()
@@ -771,7 +774,7 @@ def bench_train(quick: bool = False) -> dict[str, Any]:
 
 def _in_process_train_rate(batch: int, repeats: int) -> float:
     """Segments per second of the training step at ``batch`` in this process (the default strategy)."""
-    from amnst.train.cnn import make_steps
+    from amnst.train.loop import make_steps
 
     model = build_model()
     train_step, _ = make_steps(model, keras.optimizers.Adam(1e-3), tf.distribute.get_strategy(), batch,

@@ -19,14 +19,11 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,13 +32,14 @@ from amnst.engine import audio
 from amnst.batch import metadata, storage
 from amnst import synth
 from amnst.config import Preset, get_preset
+from amnst.bench.bad_inputs import (GOOD_SECONDS, SAMPLE_RATE, Case, OptionCase, bad_input_cases,
+                                    bad_input_files, bad_option_cases, wav)
 from amnst.bench.faultproxy import FaultPlan, FaultProxy
+from amnst.bench.processes import Driver, MemoryWatch, ProcessKiller
 from amnst.batch.ray_runner import Progress, RunOptions, RunSummary, run_manifest
 
-SAMPLE_RATE = 22050
 # Few iterations: these scenarios try the service, not the sound.
 PRESET = get_preset("default").with_overrides(iterations=2)
-GOOD_SECONDS = 6.0  # two segments a pair
 # The simulated clusters declare a removed node dead after five missed 1 s health
 # checks rather than Ray's five missed 3 s ones: the node-loss run took 40 s instead of
 # 73 s. A live raylet, even on a loaded machine, answers within the 2 s each check allows.
@@ -50,190 +48,6 @@ NODE_HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_timeout_ms":
 
 
 # --- inputs --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Case:
-    """One manifest row of the bad-input batch and what must become of it.
-
-    ``reason`` is a fragment of the failed pair's error; None means the pair
-    must succeed (its input is unusual, not bad).
-    """
-
-    name: str
-    row: dict[str, Any]
-    reason: str | None = None
-
-
-def wav(y: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> bytes:
-    """``y`` (``(n,)`` or ``(n, channels)``) as WAV bytes; ``subtype="FLOAT"`` keeps NaN."""
-    import soundfile as sf
-
-    buffer = io.BytesIO()
-    sf.write(buffer, y, sample_rate, format="WAV", subtype=subtype)
-    return buffer.getvalue()
-
-
-def bad_input_files() -> dict[str, bytes]:
-    """The bad and unusual inputs, synthesized with fixed seeds, by file name."""
-    music = synth.music(3.0, seed=21)
-    nan = music.copy()
-    nan[1000:1010] = np.nan
-    header = wav(music)
-    return {
-        "music-a.wav": wav(synth.music(GOOD_SECONDS, seed=1)),
-        "music-b.wav": wav(synth.music(GOOD_SECONDS, seed=2)),
-        "rain.wav": wav(synth.rain(5.0, seed=1)),
-        "drone.wav": wav(synth.drone(5.0, seed=1)),
-        "empty.wav": b"",
-        "truncated-header.wav": header[:30],  # cut inside the 44-byte RIFF header
-        "random-bytes.mp3": np.random.default_rng(7).bytes(4000),
-        "silence.wav": wav(np.zeros(2 * SAMPLE_RATE, np.float32)),
-        "short.wav": wav(synth.music(0.1, seed=22)),
-        "nan.wav": wav(nan, subtype="FLOAT"),
-        "rate-8k.wav": wav(synth.music(3.0, seed=23, sample_rate=8000), 8000),
-        "rate-96k.wav": wav(synth.music(3.0, seed=24, sample_rate=96000), 96000),
-        "stereo.wav": wav(np.stack([music, np.roll(music, 100)], axis=1)),
-        "six-channels.wav": wav(np.stack([np.roll(music, 50 * c) * (1 - c / 8) for c in range(6)], axis=1)),
-        # A folder holding a recording: a row naming the folder must say so, not "no such object".
-        "music-folder/music.wav": header,
-    }
-
-
-def bad_input_cases() -> list[Case]:
-    """Good pairs, unusual inputs that must work, and bad inputs and rows that must fail alone."""
-    def pair(pair_id: str, content: str, style: str = "rain.wav", **more: Any) -> dict[str, Any]:
-        return {"pair_id": pair_id, "content": content, "style": style, **more}
-
-    return [
-        Case("good pair", pair("good-1", "music-a.wav")),
-        Case("good pair", pair("good-2", "music-b.wav", "drone.wav")),
-        Case("8 kHz audio", pair("rate-8k", "rate-8k.wav")),
-        Case("96 kHz audio", pair("rate-96k", "rate-96k.wav")),
-        Case("stereo audio", pair("stereo", "stereo.wav")),
-        Case("6-channel audio", pair("six-channels", "music-b.wav", "six-channels.wav")),
-        Case("missing object", pair("missing", "music-a.wav", "missing.wav"), "missing.wav: no such object"),
-        Case("zero-byte file", pair("empty", "empty.wav"), "empty.wav: empty file (0 bytes)"),
-        Case("truncated WAV header", pair("truncated", "truncated-header.wav"),
-             "truncated-header.wav: cannot decode audio"),
-        Case("random bytes as .mp3", pair("random-mp3", "music-a.wav", "random-bytes.mp3"),
-             "random-bytes.mp3: cannot decode audio"),
-        Case("silence", pair("silence", "silence.wav"), "silence.wav: audio is silent"),
-        Case("0.1 s of audio", pair("short", "short.wav")),
-        Case("float WAV holding NaN", pair("nan", "nan.wav"), "nan.wav: audio holds NaN"),
-        Case("missing column", {"pair_id": "no-style", "content": "music-a.wav"}, "missing column 'style'"),
-        Case("unknown override", pair("unknown-override", "music-a.wav", learning_rate=0.5),
-             "unknown column 'learning_rate'"),
-        Case("layer index out of range", pair("bad-layer", "music-a.wav", style_layers=[4, 99]),
-             "style_layers=(4, 99) holds 99"),
-        Case("negative weight", pair("negative-weight", "music-a.wav", content_weight=-1),
-             "content_weight=-1.0 must be >= 0"),
-        # One row per class of override value that NSTConfig refuses, as it refuses the options.
-        Case("negative seed", pair("negative-seed", "music-a.wav", seed=-5),
-             "seed=-5 must be an integer in [0, 2**32)"),
-        Case("seed of 2**32", pair("huge-seed", "music-a.wav", seed=2**32),
-             "seed=4294967296 must be an integer in [0, 2**32)"),
-        Case("infinite weight", pair("inf-weight", "music-a.wav", style_weight="inf"),
-             "style_weight='inf' is not a finite number"),
-        Case("NaN strength", pair("nan-strength", "music-a.wav", strength="nan"),
-             "strength='nan' is not a finite number"),
-        Case("empty layer list", pair("no-style-layers", "music-a.wav", style_layers=[]),
-             "style_layers=() and content_layers=() cannot both be empty"),
-        Case("negative layer index", pair("negative-layer", "music-a.wav", content_layers=[-1]),
-             "content_layers=(-1,) holds -1"),
-        Case("negative iteration count", pair("negative-iterations", "music-a.wav", iterations=-1),
-             "iterations=-1 must be >= 0"),
-        Case("fractional iteration count", pair("fractional-iterations", "music-a.wav", iterations=2.5),
-             "iterations=2.5 is not an integer"),
-        Case("unknown init", pair("bad-init", "music-a.wav", init="sideways"), "init='sideways' must be one of"),
-        Case("a folder as content", pair("folder-content", "music-folder/"),
-             "content: music-folder/: is a directory"),
-        Case("duplicate pair_id", pair("good-1", "music-b.wav"), "duplicate pair_id 'good-1' (first at row 1)"),
-        Case("pair_id ../../x", pair("../../x", "music-a.wav"), "pair_id '../../x' is not a plain name"),
-        Case("pair_id /tmp/x", pair("/tmp/x", "music-a.wav"), "pair_id '/tmp/x' is not a plain name"),
-        Case("unsupported URI scheme", pair("http-content", "http://127.0.0.1:9/a.wav"),
-             "unsupported URI scheme 'http'"),
-        Case("unsupported URI scheme", pair("gs-style", "music-a.wav", "gs://bucket/rain.wav"),
-             "unsupported URI scheme 'gs'"),
-    ]
-
-
-@dataclass(frozen=True)
-class OptionCase:
-    """A command line with one bad option or path, which ``amnst`` must refuse before any work.
-
-    ``argv`` may hold ``{missing}`` (a file that is not there: were it decoded
-    first, its error would be reported instead), ``{folder}`` (a directory),
-    ``{out}`` (an output file) and ``{out_dir}`` (an output folder); neither
-    output may exist afterwards. ``reason`` is a fragment of the one error
-    line, ``status`` the exit status.
-    """
-
-    name: str
-    argv: tuple[str, ...]
-    reason: str
-    status: int = 2
-
-
-def bad_option_cases() -> list[OptionCase]:
-    """One command line per class of bad option value and bad local path.
-
-    Each would fail at a path check even if its option were wrongly accepted,
-    so a regression shows in the audit without decoding audio or touching Ray.
-    """
-    transfer = ("transfer", "{missing}", "{missing}", "-o", "{out}")
-    run = ("run", "{missing}.csv", "--output", "{out_dir}")
-    return [
-        OptionCase("negative seed", (*transfer, "--seed", "-5"), "seed=-5 must be an integer in [0, 2**32)"),
-        OptionCase("infinite weight", (*transfer, "--content-weight", "inf"), "content_weight=inf must be finite"),
-        OptionCase("NaN strength", (*transfer, "--strength", "nan"), "strength=nan must be in [0, 1]"),
-        OptionCase("empty layer list", (*transfer, "--preset", "seed", "--style-layers", ""),
-                   "style_layers=() leaves no style loss"),
-        OptionCase("layer index out of range", (*transfer, "--content-layers", "0,20"),
-                   "content_layers=(0, 20) holds 20"),
-        OptionCase("no loss at all", (*transfer, "--preset", "seed", "--content-weight", "0", "--style-weight", "0"),
-                   "no loss to optimise"),
-        OptionCase("fractional iteration count", (*transfer, "--iterations", "1.5"),
-                   "argument --iterations: invalid int value"),
-        OptionCase("zero segments per task", (*run, "--segments-per-task", "0"),
-                   "argument --segments-per-task: 0 is not positive"),
-        OptionCase("NaN CPUs per task", (*run, "--num-cpus-per-task", "nan"),
-                   "argument --num-cpus-per-task: nan is not a finite number"),
-        OptionCase("a folder as content", ("transfer", "{folder}", "{missing}", "-o", "{out}"),
-                   "{folder}: is a directory", 1),
-        OptionCase("a folder as output", ("transfer", "{missing}", "{missing}", "-o", "{folder}"),
-                   "{folder}: is a directory"),
-        OptionCase("a folder as manifest", ("run", "{folder}", "--output", "{out_dir}"),
-                   "manifest {folder}: is a directory", 1),
-    ]
-
-
-def refuse_options(cases: list[OptionCase], result: "Audit") -> None:
-    """Run each case's ``amnst`` command line in this process and audit its refusal into ``result``:
-    its exit status, one error line holding its reason, and no output written."""
-    from amnst import cli
-
-    with tempfile.TemporaryDirectory() as temp:
-        places = {"missing": os.path.join(temp, "missing.wav"), "folder": os.path.join(temp, "folder.wav"),
-                  "out": os.path.join(temp, "out.wav"), "out_dir": os.path.join(temp, "out")}
-        os.mkdir(places["folder"])
-        for case in cases:
-            argv = [arg.format(**places) for arg in case.argv]
-            reason = case.reason.format(**places)
-            errors = io.StringIO()
-            try:
-                with contextlib.redirect_stderr(errors):
-                    status = cli.main(argv)
-            except SystemExit as exit_:  # argparse's refusals exit
-                status = exit_.code
-            # Only error lines count: a stray log line from elsewhere in the process is no answer.
-            lines = [line for line in errors.getvalue().splitlines() if ": error: " in line]
-            written = [name for name in ("out", "out_dir") if os.path.exists(places[name])]
-            if status != case.status or len(lines) != 1 or reason not in lines[0] or written:
-                result.problems.append(f"{case.name}: {argv[1:]} gave status {status}, {lines}, wrote {written}; "
-                                       f"expected status {case.status} with {reason!r}")
-            else:
-                result.failed_as_expected += 1
-
 
 def good_pairs(count: int, seconds: float = GOOD_SECONDS) -> tuple[dict[str, bytes], list[Case]]:
     """``count`` pairs of synthesized music with one rain recording, and their cases."""
@@ -369,6 +183,34 @@ def _decoded_length(uri: str) -> int | None:
     except (storage.StorageError, audio.AudioError):
         return None
     return samples.shape[1] if rate == SAMPLE_RATE and samples.shape[0] == 1 else None
+
+
+def refuse_options(cases: list[OptionCase], result: Audit) -> None:
+    """Run each case's ``amnst`` command line in this process and audit its refusal into ``result``:
+    its exit status, one error line holding its reason, and no output written."""
+    from amnst import cli
+
+    with tempfile.TemporaryDirectory() as temp:
+        places = {"missing": os.path.join(temp, "missing.wav"), "folder": os.path.join(temp, "folder.wav"),
+                  "out": os.path.join(temp, "out.wav"), "out_dir": os.path.join(temp, "out")}
+        os.mkdir(places["folder"])
+        for case in cases:
+            argv = [arg.format(**places) for arg in case.argv]
+            reason = case.reason.format(**places)
+            errors = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(errors):
+                    status = cli.main(argv)
+            except SystemExit as exit_:  # argparse's refusals exit
+                status = exit_.code
+            # Only error lines count: a stray log line from elsewhere in the process is no answer.
+            lines = [line for line in errors.getvalue().splitlines() if ": error: " in line]
+            written = [name for name in ("out", "out_dir") if os.path.exists(places[name])]
+            if status != case.status or len(lines) != 1 or reason not in lines[0] or written:
+                result.problems.append(f"{case.name}: {argv[1:]} gave status {status}, {lines}, wrote {written}; "
+                                       f"expected status {case.status} with {reason!r}")
+            else:
+                result.failed_as_expected += 1
 
 
 # --- scenarios -----------------------------------------------------------------------------
@@ -567,145 +409,9 @@ def _overlap_audit(root: str, cases: list[Case]) -> Audit:
     return result
 
 
-class Driver:
-    """``amnst run ARGS`` as a separate driver process joining the cluster at ``address``.
-
-    Its output goes to temporary files: a pipe nobody reads until the end
-    could fill and stall it.
-    """
-
-    def __init__(self, args: list[str], address: str, env: dict[str, str] | None = None) -> None:
-        self._output = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        self.process = subprocess.Popen([sys.executable, "-m", "amnst.cli", "run", *args],
-                                        env={**os.environ, **(env or {}), "RAY_ADDRESS": address},
-                                        stdout=self._output[0], stderr=self._output[1], text=True)
-
-    def wait(self, timeout: float | None = None) -> tuple[int, str, str]:
-        """Its exit status, standard output and standard error, once it has ended."""
-        status = self.process.wait(timeout)
-        texts = []
-        for stream in self._output:
-            stream.seek(0)
-            texts.append(stream.read())
-            stream.close()
-        return status, texts[0], texts[1]
-
-
 def _recorded_ok(output: str) -> int:
     """Pairs with an ``ok`` record under ``output`` so far."""
     return sum(status == "ok" for status, _ in metadata.latest_pair_status(output).values())
-
-
-# --- processes -----------------------------------------------------------------------------
-
-def descendants_named(prefix: bytes) -> list[int]:
-    """PIDs of this process's descendants whose command line starts with ``prefix``.
-
-    Only descendants: other sessions' Ray workers on this machine are not ours to kill.
-    """
-    children: dict[int, list[int]] = {}
-    commands = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text()
-            commands[int(entry.name)] = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError):
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found, queue = [], [os.getpid()]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            queue.append(child)
-            if commands.get(child, b"").startswith(prefix):
-                found.append(child)
-    return found
-
-
-class _Sampler:
-    """A context manager that calls ``_sample()`` every ``interval`` seconds on a
-    thread of its own while entered, until ``_sample()`` returns True."""
-
-    interval = 0.1
-
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "_Sampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval) and not self._sample():
-            pass
-
-    def _sample(self) -> bool:
-        raise NotImplementedError
-
-
-class ProcessKiller(_Sampler):
-    """While entered, SIGKILLs the first descendant named ``prefix``, not in ``spare``,
-    seen once ``armed()`` holds.
-
-    It looks every ``interval`` seconds (20 ms by default, so it catches a task
-    of a fraction of a second); ``armed`` is asked as often.
-    """
-
-    def __init__(self, prefix: bytes, armed: Callable[[], bool], count: int = 1,
-                 spare: Collection[int] = (), interval: float = 0.02) -> None:
-        super().__init__()
-        self.prefix, self.armed, self.count, self.spare, self.interval = prefix, armed, count, set(spare), interval
-        self.killed: list[int] = []
-
-    def _sample(self) -> bool:
-        if self.armed():
-            targets = [pid for pid in descendants_named(self.prefix) if pid not in self.spare]
-            for pid in targets[:self.count - len(self.killed)]:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:  # it finished meanwhile
-                    continue
-                self.killed.append(pid)
-        return len(self.killed) >= self.count
-
-
-def _status_kb(pid: int, field_name: str) -> int:
-    """A ``/proc/PID/status`` memory field in kB (0 if the process is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-class MemoryWatch(_Sampler):
-    """While entered, the peak memory of this (driver) process above its start, and of Ray's workers.
-
-    Sampled every 0.1 s by a thread; a worker's figure is its own high-water
-    mark (VmHWM), so a peak between two samples is not missed.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.driver_start_kb = self.driver_peak_kb = _status_kb(os.getpid(), "VmRSS")
-        self.worker_peak_kb = 0
-
-    def _sample(self) -> bool:
-        self.driver_peak_kb = max(self.driver_peak_kb, _status_kb(os.getpid(), "VmRSS"))
-        peaks = (_status_kb(pid, "VmHWM") for pid in descendants_named(b"ray::"))
-        self.worker_peak_kb = max(self.worker_peak_kb, *peaks, 0)
-        return False
-
-    def figures(self) -> dict[str, float]:
-        return {"driver_growth_mb": round((self.driver_peak_kb - self.driver_start_kb) / 1024, 1),
-                "worker_peak_mb": round(self.worker_peak_kb / 1024, 1)}
 
 
 # --- the table -----------------------------------------------------------------------------

@@ -305,7 +305,8 @@ def command_train(args: argparse.Namespace) -> int:
 
     from amnst.batch import storage
     from amnst.batch.ray_runner import connect
-    from amnst.train.cnn import DatasetError, train
+    from amnst.train.cnn import train
+    from amnst.train.dataset import DatasetError
 
     options = train_options_from_args(args)
     check_folder(args.data, EXIT_INPUT)
@@ -329,7 +330,8 @@ def command_train(args: argparse.Namespace) -> int:
 def command_evaluate(args: argparse.Namespace) -> int:
     from amnst.batch import storage
     from amnst.engine.model import WeightsError
-    from amnst.train.cnn import DatasetError, evaluate, format_evaluation
+    from amnst.train.dataset import DatasetError
+    from amnst.train.evaluate import evaluate, format_evaluation
 
     check_folder(args.data, EXIT_INPUT)
     check_input_file(args.weights, "no such weight file")

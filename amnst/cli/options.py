@@ -262,7 +262,7 @@ def _progress_printer() -> Any:
 def train_options_from_args(args: argparse.Namespace) -> Any:
     """The TrainOptions of ``amnst train``'s arguments; bad values raise CommandError (looks at no file)."""
     from amnst.batch import storage
-    from amnst.train.cnn import TrainOptions
+    from amnst.train.recipe import TrainOptions
 
     try:
         return TrainOptions(args.data, storage.check_uri(args.output), args.workers, args.epochs,

@@ -1,7 +1,7 @@
 """TensorFlow's set-up in a worker process: thread pools and GPU memory growth.
 
 ``prepare_tensorflow`` is what every worker that builds the NST engine
-(``amnst.batch.ray_runner.setup_worker``) or trains the CNN (``amnst.train.cnn``) calls
+(``amnst.batch.ray_runner.setup_worker``) or trains the CNN (``amnst.train.loop``) calls
 before TensorFlow runs its first op. Both of its settings can only be made
 before TensorFlow initialises its devices, once per process.
 
