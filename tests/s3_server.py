@@ -11,15 +11,14 @@ import contextlib
 import os
 import random
 import socket
-import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.servers import answers, background
 
 FAKE_ACCESS_KEY = "AKIAAMNSTTESTKEY0000"
 FAKE_SECRET_KEY = "amnst-test-secret-key-not-a-real-one"
@@ -66,16 +65,6 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url, timeout=1).close()
-    except urllib.error.HTTPError:
-        return True  # any HTTP reply means the server is up
-    except OSError:
-        return False
-    return True
-
-
 def aws_environment(endpoint: str) -> dict[str, str]:
     """The variables that point boto3 and pyarrow at ``endpoint`` with the fake
     credentials, as production points them at S3; Ray workers inherit them."""
@@ -101,23 +90,10 @@ def moto_server(tmp_path_factory) -> Iterator[str]:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto") / "server.log"
-    with log.open("wb") as output:
-        server = subprocess.Popen([str(script), "-H", "127.0.0.1", "-p", str(port)],
-                                  stdout=output, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not _answers(f"{endpoint}/moto-api/"):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"moto_server did not start on {endpoint}:\n{log.read_text()}")
-            time.sleep(0.1)
+    # Any reply is up: moto has no readiness endpoint.
+    with background([str(script), "-H", "127.0.0.1", "-p", str(port)], log, f"{endpoint}/moto-api/",
+                    STARTUP_SECONDS, up=answers):
         yield endpoint
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from amnst.engine import audio
 from amnst.ops import capacity
-from amnst.bench.benchmarks import E2E_STAGES
+from amnst.bench.e2e import E2E_STAGES
 from amnst.cli import main
 from amnst.config import get_preset
 

@@ -44,6 +44,7 @@ import yaml
 from amnst.ops import metrics
 from tests.conftest import local_ray_instance, system_program
 from tests.s3_server import aws_endpoint, aws_environment, free_port
+from tests.servers import background, stop
 
 REPO = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
@@ -290,39 +291,6 @@ def test_promtool_unit_tests_fire_each_alert_only_when_it_should(tmp_path):
 
 # --- a live driver, Ray, a Pushgateway and Prometheus ------------------------
 
-@contextlib.contextmanager
-def background(command: list[str], log: Path, ready_url: str, seconds: float = 60.0,
-               env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """A server process, waited for until ``ready_url`` answers 200; stopped by its PID."""
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    try:
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                with urllib.request.urlopen(ready_url, timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"{command[0]} did not answer on {ready_url}:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield process
-    finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as reply:
         return reply.read().decode()
@@ -456,10 +424,10 @@ def observed(servers, moto_server, tmp_path_factory) -> Iterator[Observations]:
     with contextlib.ExitStack() as stack, aws_endpoint(moto_server):
         stack.enter_context(background(
             [gateway_bin, f"--web.listen-address={gateway}", f"--persistence.file={work / 'gateway.data'}"],
-            work / "pushgateway.log", f"http://{gateway}/-/ready"))
+            work / "pushgateway.log", f"http://{gateway}/-/ready", cwd=REPO))
         stack.enter_context(background(
             [sys.executable, "-c", TRAINING_STAND_IN, str(ports["train"])], work / "train.log",
-            f"http://127.0.0.1:{ports['train']}/metrics"))
+            f"http://127.0.0.1:{ports['train']}/metrics", cwd=REPO))
         # A local Ray with its dashboard: the dashboard head writes Ray's file_sd
         # list. A short temp dir of our own (Ray's socket paths are length-capped).
         ray_dir = Path(tempfile.mkdtemp(prefix="amnst-ray-"))
@@ -480,7 +448,7 @@ def observed(servers, moto_server, tmp_path_factory) -> Iterator[Observations]:
         stack.enter_context(background(
             [prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={work / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{ports['prometheus']}"],
-            work / "prometheus.log", f"{base}/-/ready"))
+            work / "prometheus.log", f"{base}/-/ready", cwd=REPO))
         prom = Prometheus(base)
         for job in ("pushgateway", "ray"):
             prom.wait_until(f'up{{job="{job}"}} == 1', 30, f"the {job} target is up")

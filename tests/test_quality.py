@@ -146,7 +146,7 @@ def test_compile_kernels_caches_the_kernel_that_crashed_racing_workers():
 
 
 def test_bench_summary_counts_each_target_against_the_pairs_own_mix():
-    from amnst.bench import benchmarks as bench
+    from amnst.bench.preset_quality import _quality_summary, quality_table
 
     def row(pair, method, chroma, onset, mfcc, noise, **extra):
         return {"pair": pair, "method": method, "chroma_similarity": chroma, "onset_correlation": onset,
@@ -156,12 +156,12 @@ def test_bench_summary_counts_each_target_against_the_pairs_own_mix():
             # Beats a's mix everywhere; on b its MFCC progress clears 0.3 but not the mix's.
             row("a", "t", 0.96, 0.85, 0.35, 4.0, loss_start=2.0, loss_end=1.0),
             row("b", "t", 0.94, 0.85, 0.40, 1.5, loss_start=2.0, loss_end=1.0)]
-    summary = bench._quality_summary(rows)
+    summary = _quality_summary(rows)
     assert summary["t"]["pairs_ok"] == {"chroma": 1, "onset": 2, "mfcc": 1, "noise": 1,
                                         "no clipping": 2, "loss falls": 2}
     assert not summary["t"]["targets_met"]
     assert summary["t"]["mfcc_progress"] == pytest.approx(0.375)
-    assert "1/2/1/1/2/2" in bench.quality_table({"summary": summary})
+    assert "1/2/1/1/2/2" in quality_table({"summary": summary})
 
 
 # --- auditory texture statistics -------------------------------------------------------------------

@@ -15,7 +15,7 @@ from amnst.ops import capacity
 from amnst.batch import metadata
 from amnst.bench import reliability
 from amnst import synth
-from amnst.bench.benchmarks import style_gram_bytes
+from amnst.bench.measure import style_gram_bytes
 from amnst.config import get_preset
 from amnst.engine.model import build_model
 from amnst.batch.ray_runner import RunOptions, run_manifest

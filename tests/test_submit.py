@@ -21,8 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -38,6 +36,7 @@ from amnst.cli import build_parser, main
 from amnst.batch.nightly import RECORD_FOLDER
 from tests.conftest import wav_bytes
 from tests.s3_server import BUCKET, aws_environment, free_port
+from tests.servers import answers
 
 # Raised inside Ray's own job client while it follows the logs.
 pytestmark = pytest.mark.filterwarnings("ignore:ssl=None is deprecated:DeprecationWarning")
@@ -107,22 +106,12 @@ def _wait_until_up(head: subprocess.Popen, address: str, agent_port: int, log: P
     False if the head died early (to start again); on the last attempt, the test fails.
     """
     deadline = time.monotonic() + STARTUP_SECONDS
-    while not (_answers(f"{address}/api/version") and _listens(agent_port)):
+    while not (answers(f"{address}/api/version") and _listens(agent_port)):
         if head.poll() is not None or time.monotonic() > deadline:
             if last_attempt:
                 pytest.fail(f"the Ray head did not start:\n{log.read_text()[-3000:]}")
             return False
         time.sleep(0.5)
-    return True
-
-
-def _answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url, timeout=2).close()
-    except urllib.error.HTTPError:
-        return True  # any HTTP reply (401 without the token) means the server is up
-    except OSError:
-        return False
     return True
 
 

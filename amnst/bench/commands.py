@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,25 @@ def _add_bench_parser(bench_commands: Any, name: str, helptext: str, quick_help:
     return sub
 
 
+def _benchmarks() -> dict[str, Callable[..., dict[str, Any]]]:
+    """Every benchmark by its ``amnst bench`` name. Imported only when one runs:
+    they import TensorFlow, which the rest of the CLI starts without."""
+    from amnst.bench.capacity_plan import bench_capacity
+    from amnst.bench.components import bench_invert, bench_nst, bench_pipeline
+    from amnst.bench.e2e import bench_e2e
+    from amnst.bench.preset_quality import bench_quality
+    from amnst.bench.reliability import bench_reliability
+    from amnst.bench.train_speed import bench_train
+
+    return {"nst": bench_nst, "invert": bench_invert, "pipeline": bench_pipeline, "e2e": bench_e2e,
+            "capacity": bench_capacity, "quality": bench_quality, "train": bench_train,
+            "reliability": bench_reliability}
+
+
 def command_bench(args: argparse.Namespace) -> int:
-    from amnst.bench import benchmarks as bench, frontier
+    from amnst.bench import frontier
+    from amnst.bench.e2e import e2e_table
+    from amnst.bench.preset_quality import quality_table
 
     _check_bench_options(args)
     options = {}
@@ -117,9 +135,9 @@ def command_bench(args: argparse.Namespace) -> int:
                        window_hours=args.window_hours, gpu=args.gpu)
         if args.gpu_fraction is not None:
             options["gpu_fraction"] = args.gpu_fraction
-    figures = bench.BENCHMARKS[args.benchmark](quick=args.quick, **options)
+    figures = _benchmarks()[args.benchmark](quick=args.quick, **options)
     text = json.dumps(figures, indent=2)
-    tables = {"quality": bench.quality_table, "quality-frontier": frontier.table, "e2e": bench.e2e_table,
+    tables = {"quality": quality_table, "quality-frontier": frontier.table, "e2e": e2e_table,
               "reliability": lambda figures: figures["table"]}
     kind = figures.get("benchmark", args.benchmark)
     print(tables[kind](figures) if kind in tables else text)
@@ -130,7 +148,7 @@ def command_bench(args: argparse.Namespace) -> int:
 
 def _check_bench_options(args: argparse.Namespace) -> None:
     """A benchmark's presets, variants and files, judged before it spends minutes measuring."""
-    from amnst.bench.benchmarks import _variant  # the one parser of "base:key=value,..."
+    from amnst.bench.variants import parse_variant
     from amnst.config import ConfigError, get_preset
 
     try:
@@ -138,7 +156,7 @@ def _check_bench_options(args: argparse.Namespace) -> None:
             get_preset(name)
         for text in [*getattr(args, "variant", ()), *filter(None, [getattr(args, "baseline", None)])]:
             try:
-                _variant(text)
+                parse_variant(text)
             except ConfigError as error:
                 raise ConfigError(f"variant {text!r}: {error}") from None
     except ConfigError as error:

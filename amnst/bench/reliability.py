@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -470,6 +470,18 @@ def run_all(quick: bool = False) -> list[Outcome]:
     finally:
         moto.stop()
     return outcomes
+
+
+def bench_reliability(quick: bool = False) -> dict[str, Any]:
+    """Bad inputs and injected faults: per scenario, inputs tried, faults injected,
+    and good pairs expected, done, lost and duplicated."""
+    # Imported here: measure imports TensorFlow, which the scenarios never otherwise load in this process.
+    from amnst.bench.measure import machine
+
+    outcomes = run_all(quick)
+    return {"benchmark": "reliability", "machine": machine(),
+            "scenarios": [asdict(outcome) for outcome in outcomes],
+            "table": table(outcomes)}
 
 
 @contextlib.contextmanager

@@ -47,6 +47,9 @@ _NNLS_EPS = float(np.finfo(np.float32).tiny)
 # the magnitude is the reference's, less as it departs, and not at all this
 # many decibels away (:func:`phase_hold`).
 PHASE_HOLD_DB = 12.0
+# Griffin-Lim's floor: below it a summed squared window counts as zero and a
+# phasor's norm is kept from dividing by zero.
+_TINY = float(np.finfo(np.float32).tiny)
 
 
 # --------------------------------------------------------------------------
@@ -222,7 +225,6 @@ def _griffin_lim_fn(n_fft: int, hop_length: int) -> Any:
     with tf.init_scope():
         window = tf.signal.hann_window(n_fft, periodic=True).numpy()  # librosa's "hann"
     half = n_fft // 2
-    tiny = float(np.finfo(np.float32).tiny)
     spec = tf.TensorSpec
 
     @tf.function(input_signature=[
@@ -235,24 +237,7 @@ def _griffin_lim_fn(n_fft: int, hop_length: int) -> Any:
         spec([None, None, None], tf.float32),  # 1 - weight: how free each bin's phase is
     ])
     def run(magnitudes, phase, n_iter, length, momentum, held, free):
-        n_frames = tf.shape(magnitudes)[1]
-        # The overlap-add buffer holds the centre-padded signal: sample s of
-        # the output is buffer sample s + n_fft // 2, and frame t starts at
-        # buffer sample t * hop, so framing the buffer yields exactly the
-        # n_frames frames librosa.stft(center=True) would.
-        buffer_len = n_fft + (n_frames - 1) * hop_length
-        window_sq = tf.signal.overlap_and_add(
-            tf.tile(tf.square(window)[None, :], [n_frames, 1]), hop_length)
-        # librosa's istft divides by the summed squared window where it is not
-        # ~0. Past n_frames * hop only the last frame's tail covers the signal,
-        # so that quotient blows up; librosa's griffinlim cannot produce such
-        # lengths, and here those samples are silence.
-        support = tf.minimum(length, n_frames * hop_length)
-        position = tf.range(buffer_len)
-        inside = (position >= half) & (position < half + support) & (window_sq > tiny)
-        # Zeroing outside [0, length) is librosa's zero ("constant") centre
-        # padding and its trim to `length`, in one multiply.
-        gain = tf.where(inside, 1.0 / tf.where(inside, window_sq, 1.0), 0.0)
+        gain = _istft_gain(window, hop_length, tf.shape(magnitudes)[1], length)
 
         def istft(spectrum):
             frames = tf.signal.irfft(spectrum, fft_length=[n_fft]) * window
@@ -268,7 +253,7 @@ def _griffin_lim_fn(n_fft: int, hop_length: int) -> Any:
             # frame wholly outside `length`) then gives 0, where magnitude / tiny
             # would overflow to inf and 0 * inf to NaN.
             real, imag = tf.math.real(estimate), tf.math.imag(estimate)
-            norm = tf.sqrt(real * real + imag * imag) + tiny
+            norm = tf.sqrt(real * real + imag * imag) + _TINY
             return real / norm, imag / norm
 
         def project(estimate):
@@ -295,6 +280,31 @@ def _griffin_lim_fn(n_fft: int, hop_length: int) -> Any:
         return tf.pad(signal, [[0, 0], [0, length - tf.shape(signal)[1]]])
 
     return run
+
+
+def _istft_gain(window: np.ndarray, hop_length: int, n_frames: tf.Tensor, length: tf.Tensor) -> tf.Tensor:
+    """Per sample of the overlap-add buffer of ``n_frames`` frames, what the inverse
+    STFT multiplies by: one over the summed squared window inside the output's
+    ``length`` samples, zero outside them."""
+    n_fft = window.shape[0]
+    half = n_fft // 2
+    # The overlap-add buffer holds the centre-padded signal: sample s of
+    # the output is buffer sample s + n_fft // 2, and frame t starts at
+    # buffer sample t * hop, so framing the buffer yields exactly the
+    # n_frames frames librosa.stft(center=True) would.
+    buffer_len = n_fft + (n_frames - 1) * hop_length
+    window_sq = tf.signal.overlap_and_add(
+        tf.tile(tf.square(window)[None, :], [n_frames, 1]), hop_length)
+    # librosa's istft divides by the summed squared window where it is not
+    # ~0. Past n_frames * hop only the last frame's tail covers the signal,
+    # so that quotient blows up; librosa's griffinlim cannot produce such
+    # lengths, and here those samples are silence.
+    support = tf.minimum(length, n_frames * hop_length)
+    position = tf.range(buffer_len)
+    inside = (position >= half) & (position < half + support) & (window_sq > _TINY)
+    # Zeroing outside [0, length) is librosa's zero ("constant") centre
+    # padding and its trim to `length`, in one multiply.
+    return tf.where(inside, 1.0 / tf.where(inside, window_sq, 1.0), 0.0)
 
 
 def initial_phase(n_bins: int, n_frames: int, batch: int, seed: int) -> np.ndarray:
