@@ -147,6 +147,9 @@ CNN_INPUTS = ("mel", "log")
 GRAM_NORMS = ("none", "positions")
 INVERSIONS = ("librosa", "fast")
 PHASES = ("random", "content")
+# The CNN's arithmetic: float32, bfloat16, or bfloat16 where the device computes
+# it natively (``amnst.engine.precision``).
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,9 @@ class NSTConfig:
     # the rendered mel is ``content ** (1 - strength) * optimised ** strength``
     # band by band (``render.blend``). 0 is the content's own reconstruction.
     strength: float = 1.0
+    # The type of the CNN's convolutions and feature maps. The optimised target,
+    # Adam's moments, the Grams and the losses stay float32 whatever it is.
+    precision: str = "fp32"
     segments_per_batch: int = 4
 
     def __post_init__(self) -> None:
@@ -254,6 +260,7 @@ class NSTConfig:
         _require(self.phase == "random" or self.inversion == "fast", "phase", self.phase,
                  'needs inversion="fast"')
         _require_number("strength", self.strength, lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
+        _require(self.precision in PRECISIONS, "precision", self.precision, f"must be one of {PRECISIONS}")
         _require_int("segments_per_batch", self.segments_per_batch, 1)
         self._check_objective()
 
@@ -356,6 +363,9 @@ PRESETS: dict[str, Preset] = {
             # positive on every style measure on at least 7 of the 10 evaluation
             # pairs, with chroma, onsets and progress on target on all ten (docs/quality.md).
             strength=0.6,
+            # bfloat16 convolutions where the device computes them natively: the
+            # quality measures move by less than 0.01 (docs/performance.md).
+            precision="auto",
         ),
     ),
 }

@@ -53,6 +53,33 @@ def test_input_gradients_equal_the_keras_model(cnns, music_and_rain):
     assert np.linalg.norm(ours - theirs) < 1e-2 * np.linalg.norm(theirs)
 
 
+@pytest.mark.parametrize("weights", ["random", "trained"])
+def test_pooled_first_block_equals_convolution_then_pool(cnns, weights):
+    """Without conv1's maps read, its ReLU and bias act on the pooled maps
+    (``features._first_block``): the same features and input gradients.
+
+    On a random input: silence makes a window's values exactly equal, and
+    then which of them a max-pool credits is arbitrary, in either order."""
+    cnn = cnns[weights]
+    x = tf.random.stateless_uniform([2, 384, 431, 1], seed=[7, 0])
+    layers = (3, 4, 8, 16)
+    weights_of = {layer: tf.random.stateless_normal(f.shape, seed=[layer, 1])
+                  for layer, f in FeatureStack(cnn, layers)(x).items()}
+
+    def features_and_gradient(indices):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            features = FeatureStack(cnn, indices)(x)
+            loss = sum(tf.reduce_sum(w * features[layer]) for layer, w in weights_of.items())
+        return [features[layer].numpy() for layer in layers], tape.gradient(loss, x).numpy()
+
+    pooled, pooled_gradient = features_and_gradient(layers)
+    plain, plain_gradient = features_and_gradient((2, *layers))
+    for a, b in zip(pooled, plain):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(pooled_gradient, plain_gradient, rtol=1e-5, atol=1e-6 * np.abs(plain_gradient).max())
+
+
 def test_dense_layers_are_refused():
     with pytest.raises(ValueError, match="feature-map"):
         FeatureStack(model.build_model(), (21,))

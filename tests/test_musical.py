@@ -58,3 +58,17 @@ def test_frame_weights_sum_to_one_and_follow_loudness():
     weights = musical.frame_weights(tf.constant(mel[None])).numpy()[0, 0]
     assert abs(weights.sum() - 1.0) < 1e-5
     assert np.all(weights[:20] == 0)
+
+
+def test_frame_rise_has_the_slices_gradient():
+    x = tf.random.stateless_uniform([2, 6, 9], seed=[3, 1])
+    weights = tf.random.stateless_normal([2, 6, 8], seed=[4, 1])
+
+    def gradient(rise):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(weights * rise(x))
+        return tape.gradient(loss, x).numpy()
+
+    np.testing.assert_allclose(gradient(musical._frame_rise), gradient(lambda v: v[:, :, 1:] - v[:, :, :-1]),
+                               rtol=1e-6, atol=1e-6)

@@ -42,7 +42,7 @@ def test_the_seed_preset_is_the_original_algorithm_exactly():
                     init="content", parameterization="linear", content_input="mel", style_input="mel",
                     gram_norm="none", spectral_style_weight=0.0, random_style_weight=0.0, pitch_weight=0.0,
                     onset_weight=0.0, relative_loss=False, inversion="librosa", griffin_lim_iters=32,
-                    phase="random", strength=1.0)
+                    phase="random", strength=1.0, precision="fp32")
     assert {name: getattr(seed.nst, name) for name in expected} == expected
     assert seed.nst == NSTConfig()
 

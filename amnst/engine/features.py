@@ -14,6 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from collections.abc import Callable, Sequence
+
 from amnst.config import FEATURE_MAP_LAYERS
 
 # model.layers indices of the convolutions; each is followed by its pool.
@@ -28,30 +30,42 @@ class FeatureStack:
     past 19 (the dense head) are not feature maps and are refused.
     """
 
-    def __init__(self, model: keras.Model, indices: tuple[int, ...]) -> None:
+    def __init__(self, model: keras.Model, indices: tuple[int, ...], dtype: tf.DType = tf.float32) -> None:
+        """``dtype``: the convolutions' and their maps' type. Under bfloat16 the
+        first batch normalisation still runs in float32 (on the input's full
+        precision) and the maps come out in bfloat16; callers cast what they
+        accumulate."""
         for index in indices:
             if index not in FEATURE_MAP_LAYERS:
                 raise ValueError(f"layer {index} is not a feature-map layer {FEATURE_MAP_LAYERS}")
         self.indices = tuple(indices)
         self.deepest = max(indices)
         self._bn1 = _batchnorm_affine(model.layers[1])
-        self._bn2 = _batchnorm_affine(model.layers[18])
-        self._convs = [(np.asarray(model.layers[i].kernel), np.asarray(model.layers[i].bias))
-                       for i in _CONV_LAYERS]
+        self.dtype = tf.as_dtype(dtype)
+        # NumPy constants (bfloat16 through ml_dtypes), so they fold into traced graphs.
+        as_dtype = self.dtype.as_numpy_dtype
+        self._convs = [(np.asarray(model.layers[i].kernel).astype(as_dtype),
+                        np.asarray(model.layers[i].bias).astype(as_dtype)) for i in _CONV_LAYERS]
+        self._bn2 = tuple(v.astype(as_dtype) for v in _batchnorm_affine(model.layers[18]))
         self._pool_strides = [model.layers[i + 1].strides[0] for i in _CONV_LAYERS]
 
     def __call__(self, x: tf.Tensor) -> dict[int, tf.Tensor]:
         outputs = {0: x}
-        h = x * self._bn1[0] + self._bn1[1]
+        h = tf.cast(x * self._bn1[0] + self._bn1[1], self.dtype)
         outputs[1] = h
         for block, index in enumerate(_CONV_LAYERS):
             if index > self.deepest:
                 break
             kernel, bias = self._convs[block]
+            stride = self._pool_strides[block]
+            if block == 0 and index not in self.indices and self.deepest > index:
+                # conv1's own maps are not read: convolution, ReLU and pool as one op.
+                h = outputs[index + 1] = _first_block(h, kernel, bias, stride)
+                continue
             h = _first_conv(h, kernel, bias) if block == 0 else tf.nn.relu(
-                tf.nn.conv2d(h, kernel, 1, "VALID") + bias)
+                tf.nn.bias_add(tf.nn.conv2d(h, kernel, 1, "VALID"), bias))
             outputs[index] = h
-            h = tf.nn.max_pool2d(h, 2, self._pool_strides[block], "SAME")
+            h = tf.nn.max_pool2d(h, 2, stride, "SAME")
             outputs[index + 1] = h
         if self.deepest >= 18:
             outputs[18] = outputs[19] = h * self._bn2[0] + self._bn2[1]  # dropout is inert at inference
@@ -70,24 +84,95 @@ def _first_conv(x: tf.Tensor, kernel: np.ndarray, bias: np.ndarray) -> tf.Tensor
     """``relu(conv2d(x, kernel) + bias)`` for one input channel and a 2x2 kernel.
 
     Its input gradient is computed as one matmul that folds the 32 channels
-    into the 4 kernel taps, then four shifted adds.
+    into the 4 kernel taps, then four shifted adds (:func:`_taps_to_input`).
     """
     @tf.custom_gradient
     def conv(x: tf.Tensor) -> tuple[tf.Tensor, object]:
-        y = tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "VALID") + bias)
+        y = tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "VALID"), bias))
 
         def grad(dy: tf.Tensor) -> tf.Tensor:
-            dz = tf.raw_ops.ReluGrad(gradients=dy, features=y)
-            channels = kernel.shape[-1]
-            taps = tf.matmul(tf.reshape(dz, [-1, channels]), tf.reshape(kernel, [4, channels]),
-                             transpose_b=True)
-            shape = tf.shape(dz)
-            taps = tf.reshape(taps, [shape[0], shape[1], shape[2], 4])
-            dx = 0.0
-            for tap, (di, dj) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-                dx += tf.pad(taps[..., tap:tap + 1], [[0, 0], [di, 1 - di], [dj, 1 - dj], [0, 0]])
-            return dx
+            return _taps_to_input(tf.raw_ops.ReluGrad(gradients=dy, features=y), kernel)
 
         return y, grad
 
     return conv(x)
+
+
+def _first_block(x: tf.Tensor, kernel: np.ndarray, bias: np.ndarray, stride: int) -> tf.Tensor:
+    """``max_pool(relu(conv2d(x, kernel) + bias))``, 2x2 windows, for one input channel.
+
+    Computed as ``relu(max_pool(conv2d(x, kernel)) + bias)``, the same values
+    (a per-channel constant and a rising function both commute with a maximum),
+    so that the ReLU, the bias and the ReLU's gradient touch the pooled maps, a
+    quarter of the convolution's and the largest of the step. Where a window's
+    pooled value is positive its maximum passes the gradient; where not, every
+    ReLU in the window is closed.
+    """
+    @tf.custom_gradient
+    def block(x: tf.Tensor) -> tuple[tf.Tensor, object]:
+        z = tf.nn.conv2d(x, kernel, 1, "VALID")
+        peaks = tf.nn.max_pool2d(z, 2, stride, "SAME")
+        pooled = tf.nn.relu(tf.nn.bias_add(peaks, bias))
+
+        def grad(dpooled: tf.Tensor) -> tf.Tensor:
+            open_windows = tf.where(pooled > 0, dpooled, tf.zeros_like(dpooled))
+            dz = tf.raw_ops.MaxPoolGrad(orig_input=z, orig_output=peaks, grad=open_windows,
+                                        ksize=[1, 2, 2, 1], strides=[1, stride, stride, 1], padding="SAME")
+            return _taps_to_input(dz, kernel)
+
+        return pooled, grad
+
+    return block(x)
+
+
+def _taps_to_input(dz: tf.Tensor, kernel: np.ndarray) -> tf.Tensor:
+    """The input gradient of a one-channel 2x2 ``VALID`` convolution from the gradient
+    ``dz`` ``(B, H, W, C)`` of its pre-activation: ``(B, H + 1, W + 1, 1)``."""
+    channels = kernel.shape[-1]
+    taps = tf.matmul(tf.reshape(dz, [-1, channels]), tf.reshape(kernel, [4, channels]), transpose_b=True)
+    shape = tf.shape(dz)
+    taps = tf.reshape(taps, [shape[0], shape[1], shape[2], 4])
+    dx = 0.0
+    for tap, (di, dj) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        dx += tf.pad(taps[..., tap:tap + 1], [[0, 0], [di, 1 - di], [dj, 1 - dj], [0, 0]])
+    return dx
+
+
+def gram_matrices(maps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Each segment's Gram matrix ``F^T F`` over the positions of maps ``(B, ..., C)``:
+    ``(B, C, C)``, and the number of positions per segment (a float32 scalar).
+
+    Written with its gradient, ``F (dG + dG^T)``: one product over the maps where
+    automatic differentiation takes two, and the maps are the step's largest.
+    """
+    channels = maps.shape[-1]
+    flat = tf.reshape(maps, [tf.shape(maps)[0], -1, channels])
+
+    @tf.custom_gradient
+    def gram(flat: tf.Tensor) -> tuple[tf.Tensor, object]:
+        def grad(dgram: tf.Tensor) -> tf.Tensor:
+            return tf.matmul(flat, dgram + tf.linalg.matrix_transpose(dgram))
+
+        return tf.matmul(flat, flat, transpose_a=True), grad
+
+    return gram(flat), tf.cast(tf.shape(flat)[1], tf.float32)
+
+
+def pooled_grams(maps_of: Callable[[np.ndarray], Sequence[tf.Tensor]], segments: np.ndarray,
+                 batch_size: int) -> tuple[list[tf.Tensor], list[int]]:
+    """Gram matrices summed over every position of every segment, one per map, and
+    the positions summed: ``maps_of`` gives the maps ``(B, ..., C)`` of a batch of at
+    most ``batch_size`` of ``segments``."""
+    sums: list[tf.Tensor] = []
+    positions: list[int] = []
+    for start in range(0, len(segments), batch_size):
+        for k, maps in enumerate(maps_of(segments[start:start + batch_size])):
+            flat = tf.reshape(maps, [-1, maps.shape[-1]])
+            gram = tf.matmul(flat, flat, transpose_a=True)
+            if k == len(sums):
+                sums.append(gram)
+                positions.append(0)
+            else:
+                sums[k] += gram
+            positions[k] += int(flat.shape[0])
+    return sums, positions

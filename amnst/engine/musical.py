@@ -61,7 +61,17 @@ def onset_envelope(mels: tf.Tensor) -> tf.Tensor:
     ``log(mel + ONSET_FLOOR * mean level)`` between consecutive frames."""
     level = tf.reduce_mean(mels, axis=[1, 2], keepdims=True)
     log_mel = tf.math.log(mels + ONSET_FLOOR * level + _TINY)
-    return tf.reduce_mean(tf.nn.relu(log_mel[:, :, 1:] - log_mel[:, :, :-1]), axis=1, keepdims=True)
+    return tf.reduce_mean(tf.nn.relu(_frame_rise(log_mel)), axis=1, keepdims=True)
+
+
+@tf.custom_gradient
+def _frame_rise(x: tf.Tensor) -> tuple[tf.Tensor, object]:
+    """``x[..., 1:] - x[..., :-1]`` of ``(B, n_mels, frames)``, with its gradient as two
+    shifted copies: the slices' own gradients each fill a zeroed target first."""
+    def grad(rise: tf.Tensor) -> tf.Tensor:
+        return tf.pad(rise, [[0, 0], [0, 0], [1, 0]]) - tf.pad(rise, [[0, 0], [0, 0], [0, 1]])
+
+    return x[:, :, 1:] - x[:, :, :-1], grad
 
 
 def frame_weights(mels: tf.Tensor) -> tf.Tensor:

@@ -29,9 +29,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from amnst.engine import musical
+from amnst.engine import musical, precision
 from amnst.config import AudioConfig, NSTConfig
-from amnst.engine.features import FeatureStack
+from amnst.engine.features import FeatureStack, gram_matrices, pooled_grams
 
 # Smallest mel value a log-parameterised target can represent (log of zero
 # is -inf; the mel has empty filter rows and zero padding).
@@ -130,6 +130,8 @@ class StyleTransfer:
         figures measure it); on the CPU it was no faster than TensorFlow's own
         kernels (docs/performance.md)."""
         self.config = config
+        # Resolved once: the step is traced for one type.
+        self.precision = precision.resolve(config.precision)
         if jit_compile is None:
             jit_compile = bool(tf.config.list_physical_devices("GPU"))
         # One feature stack per CNN input, holding every layer read from it:
@@ -137,9 +139,12 @@ class StyleTransfer:
         wanted: dict[str, set[int]] = {}
         wanted.setdefault(config.content_input, set()).update(config.content_layers)
         wanted.setdefault(config.style_input, set()).update(config.style_layers)
-        self._stacks = {name: FeatureStack(model, tuple(sorted(layers))) for name, layers in wanted.items()}
+        self._dtype = precision.compute_dtype(self.precision)
+        self._stacks = {name: FeatureStack(model, tuple(sorted(layers)), self._dtype)
+                        for name, layers in wanted.items()}
         self._pitch_matrix = musical.pitch_class_matrix(audio)
-        self._random_kernels = _random_net_kernels(audio.n_mels) if config.random_style_weight else ()
+        self._random_kernels = tuple(kernel.astype(self._dtype.as_numpy_dtype)
+                                     for kernel in _random_net_kernels(audio.n_mels)) if config.random_style_weight else ()
         self._step = _TracedForAnyBatchAndWidth(self.step_graph, jit_compile=jit_compile)
         self._losses = _TracedForAnyBatchAndWidth(self._losses_graph)
 
@@ -147,11 +152,12 @@ class StyleTransfer:
 
     def features(self, mels: np.ndarray | tf.Tensor, cnn_input: str = "mel") -> dict[int, tf.Tensor]:
         """Features of ``(B, n_mels, frames)`` mels, in inference mode, at every
-        layer read from the CNN input ``cnn_input`` (see ``NSTConfig``)."""
+        layer read from the CNN input ``cnn_input`` (see ``NSTConfig``), as float32
+        whatever the CNN's precision: Grams and losses accumulate in float32."""
         x = tf.convert_to_tensor(mels, tf.float32)
         if cnn_input == "log":
             x = tf.math.log(x + LOG_INPUT_OFFSET)
-        return self._stacks[cnn_input](tf.expand_dims(x, -1))
+        return {layer: tf.cast(f, tf.float32) for layer, f in self._stacks[cnn_input](tf.expand_dims(x, -1)).items()}
 
     def _content_and_style_features(self, mels: tf.Tensor) -> tuple[dict[int, tf.Tensor], dict[int, tf.Tensor]]:
         cfg = self.config
@@ -166,15 +172,9 @@ class StyleTransfer:
     def style_targets(self, style_segments: np.ndarray) -> StyleTargets:
         """Gram matrices of the style pooled over all its segments, computed once."""
         _check_segments(style_segments, "style segments")
-        size = self.config.segments_per_batch
-        maps = len(self._style_weights())
-        sums, positions = [0.0] * maps, [0] * maps
-        for start in range(0, len(style_segments), size):
-            batch = style_segments[start:start + size]
-            for k, f in enumerate(self._style_maps(self.features(batch, self.config.style_input), batch)):
-                flat = tf.reshape(f, [-1, f.shape[-1]])
-                sums[k] = sums[k] + tf.matmul(flat, flat, transpose_a=True)
-                positions[k] += int(f.shape[0] * f.shape[1] * f.shape[2])
+        sums, positions = pooled_grams(
+            lambda batch: self._style_maps(self.features(batch, self.config.style_input), batch),
+            style_segments, self.config.segments_per_batch)
         if self.config.gram_norm == "positions":
             grams = [s / n for s, n in zip(sums, positions)]
         else:
@@ -183,17 +183,21 @@ class StyleTransfer:
                             np.asarray(style_segments, np.float32))
 
     def _style_maps(self, style_features: dict[int, tf.Tensor], mels: np.ndarray | tf.Tensor) -> list[tf.Tensor]:
-        """The maps whose Grams the style loss matches, ``(B, H, W, C)`` each: every style
-        layer's; then, with a spectral style weight, the log-mel ``(B, frames, 1, n_mels)``;
-        then, with a random style weight, each random network's ``(B, frames', 1, filters)``."""
+        """The maps whose Grams the style loss matches, ``(B, ..., C)`` each: every style
+        layer's ``(B, H, W, C)``; then, with a spectral style weight, the log-mel
+        ``(B, frames, n_mels)``; then, with a random style weight, each random
+        network's ``(B, frames', filters)``."""
         cfg = self.config
         maps = [style_features[layer] for layer in cfg.style_layers]
         if cfg.spectral_style_weight or cfg.random_style_weight:
             log_mel = tf.math.log(tf.transpose(tf.convert_to_tensor(mels, tf.float32), [0, 2, 1]) + LOG_INPUT_OFFSET)
             if cfg.spectral_style_weight:
-                maps.append(log_mel[:, :, None, :])
+                maps.append(log_mel)
+            # The random networks compute at the CNN's precision, their Grams in float32.
+            net_input = tf.cast(log_mel, self._dtype)
             for kernel, dilation in zip(self._random_kernels, RANDOM_NET_DILATIONS):
-                maps.append(tf.nn.relu(tf.nn.conv1d(log_mel, kernel, 1, "VALID", dilations=dilation))[:, :, None, :])
+                maps.append(tf.cast(tf.nn.relu(tf.nn.conv1d(net_input, kernel, 1, "VALID", dilations=dilation)),
+                                    tf.float32))
         return maps
 
     def _style_weights(self) -> list[float]:
@@ -267,10 +271,8 @@ class StyleTransfer:
         style_loss = tf.zeros([batch])
         for f, gram, weight in zip(self._style_maps(style_features, mel), grams, self._style_weights()):
             # Positions are dynamic: a compiled step serves every fitted segment width.
-            c = f.shape[3]
-            positions = tf.cast(tf.shape(f)[1] * tf.shape(f)[2], tf.float32)
-            flat = tf.reshape(f, [batch, -1, c])
-            per_segment = tf.matmul(flat, flat, transpose_a=True)
+            per_segment, positions = gram_matrices(f)
+            c = f.shape[-1]
             if cfg.couples_segments:
                 n = tf.cast(batch, tf.float32) * positions * float(c)
                 error = weight * tf.reduce_sum(tf.square(gram - tf.reduce_sum(per_segment, 0))) / n
@@ -352,9 +354,15 @@ class StyleTransfer:
         # The rollback restores the whole optimiser state of two steps back.
         current, prev1, prev2 = state.snapshot, state.prev1, state.prev2
         updated = Snapshot(x_next, m_next, v_next, t_next)
-        new = Snapshot(*(_select(ok, u, _select(failed, p2, c)) for u, p2, c in zip(updated, prev2, current)))
-        new_prev1 = Snapshot(*(_select(ok, c, _select(failed, p2, p1)) for c, p2, p1 in zip(current, prev2, prev1)))
-        new_prev2 = Snapshot(*(_select(ok, p1, p2) for p1, p2 in zip(prev1, prev2)))
+
+        def per_segment() -> tuple[Snapshot, Snapshot, Snapshot]:
+            return (Snapshot(*(_select(ok, u, _select(failed, p2, c)) for u, p2, c in zip(updated, prev2, current))),
+                    Snapshot(*(_select(ok, c, _select(failed, p2, p1)) for c, p2, p1 in zip(current, prev2, prev1))),
+                    Snapshot(*(_select(ok, p1, p2) for p1, p2 in zip(prev1, prev2))))
+
+        # Every segment updated, the usual case: the snapshots shift without the
+        # nine selects over whole targets and moments.
+        new, new_prev1, new_prev2 = tf.cond(tf.reduce_all(ok), lambda: (updated, current, prev1), per_segment)
         state = OptimiserState(*new, lr=tf.where(failed, rate * 0.5, lr), scheduled=state.scheduled & ~failed,
                                retries=retries, restored=restored, active=active & (retries <= cfg.max_retries),
                                prev1=new_prev1, prev2=new_prev2)
@@ -457,13 +465,15 @@ def optimise_piece(transfer: StyleTransfer, content_segments: np.ndarray, target
     results, done = [], 0
     for start in range(0, len(content_segments), size):
         batch = content_segments[start:start + size]
-        step = None
-        if progress is not None:
-            def step(iteration: int, base: int = done, width: int = len(batch)) -> None:
-                progress(base + iteration * width)
+        step = None if progress is None else _segment_iterations(progress, done, len(batch))
         results.append(transfer.optimise(batch, targets, np.arange(start, start + len(batch)), step))
         done += len(batch) * cfg.iterations
     return concat_results(results)
+
+
+def _segment_iterations(progress: Callable[[int], None], done: int, width: int) -> Callable[[int], None]:
+    """A batch's per-iteration callback reporting the piece's segment-iterations done."""
+    return lambda iteration: progress(done + iteration * width)
 
 
 def concat_results(results: list[NSTResult]) -> NSTResult:

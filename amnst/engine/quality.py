@@ -162,15 +162,12 @@ def gram_signature(power: np.ndarray, config: AudioConfig) -> list[np.ndarray]:
     ``GRAM_LAYERS`` of the independent random network, pooled over all segments."""
     magnitude = dataclasses.replace(config, mel_power=1.0)
     mel = (audio.mel_basis(magnitude) @ np.sqrt(power)).astype(np.float32)
+    from amnst.engine.features import pooled_grams
+
     segments = audio.segment(mel, magnitude)
-    grams = _independent_grams()
-    sums: list[Any] = [0.0] * len(GRAM_LAYERS)
-    positions = [0] * len(GRAM_LAYERS)
-    for start in range(0, len(segments), 4):
-        for k, (gram, count) in enumerate(grams(segments[start:start + 4, ..., None])):
-            sums[k] = sums[k] + gram.numpy()
-            positions[k] += int(count)
-    return [s / n for s, n in zip(sums, positions)]
+    maps_of = _independent_maps()
+    sums, positions = pooled_grams(lambda batch: maps_of(batch[..., None]), segments, 4)
+    return [np.asarray(s) / n for s, n in zip(sums, positions)]
 
 
 def erb_number(hz: np.ndarray | float) -> np.ndarray:
@@ -469,6 +466,20 @@ def assess_with_references(output: np.ndarray, content: np.ndarray, style: np.nd
             "reference_mix": measure(plain_mix(content, style), anchors, config)}
 
 
+def first_seconds(seconds: float | None, config: AudioConfig, output: np.ndarray, content: np.ndarray,
+                  style: np.ndarray, optimised_mel: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The first ``seconds`` of an output, its content and its style (all of them
+    where None), and the frames of the output's optimised mel ``(n_mels, frames)``
+    that cover them: what :func:`assess_with_references` measures of a long piece."""
+    if seconds is None:
+        return output, content, style, optimised_mel
+    if not seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    samples = int(round(seconds * config.sample_rate))
+    frames = 1 + samples // config.hop_length
+    return output[:samples], content[:samples], style[:samples], optimised_mel[:, :frames]
+
+
 def compile_kernels() -> None:
     """Compile, and cache on disk, the numba kernels librosa runs in these
     measures and in the reference inversion, once, in this process.
@@ -492,10 +503,9 @@ def compile_kernels() -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _independent_grams() -> Callable[[np.ndarray], list[tuple[Any, Any]]]:
+def _independent_maps() -> Callable[[np.ndarray], list[Any]]:
     """The independent network as one compiled function: segments ``(B, n_mels,
-    frames, 1)`` to, per Gram layer, the Gram matrix summed over the batch's
-    positions and their count."""
+    frames, 1)`` to its maps at ``GRAM_LAYERS``."""
     import tensorflow as tf
 
     from amnst.engine.features import FeatureStack
@@ -504,12 +514,11 @@ def _independent_grams() -> Callable[[np.ndarray], list[tuple[Any, Any]]]:
     stack = FeatureStack(build_model(seed=INDEPENDENT_NETWORK_SEED), GRAM_LAYERS)
 
     @tf.function(reduce_retracing=True)
-    def grams(x: tf.Tensor) -> list[tuple[tf.Tensor, tf.Tensor]]:
+    def maps(x: tf.Tensor) -> list[tf.Tensor]:
         features = stack(x)
-        flats = [tf.reshape(features[layer], [-1, features[layer].shape[-1]]) for layer in GRAM_LAYERS]
-        return [(tf.matmul(flat, flat, transpose_a=True), tf.shape(flat)[0]) for flat in flats]
+        return [features[layer] for layer in GRAM_LAYERS]
 
-    return grams
+    return maps
 
 
 def _common_length(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,57 @@
+"""Which floating-point type the CNN computes in.
+
+bfloat16 halves the bytes of every feature map, and the NST step is bound by
+memory traffic on the first layers' maps, not by arithmetic. It pays only
+where the device computes it natively: NVIDIA GPUs from compute capability
+8.0 (A100, H100) and x86 CPUs with AVX512-BF16 or AMX. Elsewhere TensorFlow
+emulates it, slower than float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+
+# /proc/cpuinfo flags of the x86 extensions oneDNN uses for bfloat16 convolutions.
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+GPU_BF16_CAPABILITY = (8, 0)
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The first processor's feature flags; empty where the file is absent (not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """Whether this process's compute device does bfloat16 natively: every GPU
+    TensorFlow sees has compute capability 8.0 or more, or, with no GPU, the
+    CPU has one of ``CPU_BF16_FLAGS``."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return all(tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+                   >= GPU_BF16_CAPABILITY for gpu in gpus)
+    return bool(CPU_BF16_FLAGS & (cpu_flags() if flags is None else flags))
+
+
+def resolve(precision: str) -> str:
+    """``"fp32"`` or ``"bf16"``: ``precision`` itself, or for ``"auto"`` bf16 where
+    :func:`native_bf16` holds."""
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision={precision!r} must be fp32, bf16 or auto")
+    return precision
+
+
+def compute_dtype(precision: str) -> tf.DType:
+    """The TensorFlow type of a resolved precision."""
+    return tf.bfloat16 if resolve(precision) == "bf16" else tf.float32
