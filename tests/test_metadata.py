@@ -46,6 +46,8 @@ def pair_row(pair_id: str, status: str = "ok", finished_at: datetime = T0, **col
         "reference_mix": {name: 0.25 for name in QUALITY_COLUMNS}, "strength": 0.5,
         "held_by": None,  # only a pair skipped as another run's holds it (below)
         "warnings": ["content.wav: truncated: its header promises 44100 frames (2.00 s), the file holds 22050 (1.00 s)"],
+        "quality_seconds": 7.5,
+        "precision": "bf16",
     }
     return {**row, **columns}
 
@@ -251,6 +253,13 @@ def test_file_with_an_older_schema_reads_with_the_current_one(output):
     assert rows["old"]["loss_start"] == 10.0 and rows["old"]["run_id"] == old_run
     assert rows["new"]["loss_end"] == 1.5 and rows["new"]["schema_version"] == SCHEMA_VERSION
     assert rows["new"]["strength"] == 0.5
+
+
+def test_schema_6_appends_the_measured_seconds_and_the_precision():
+    names = PAIRS_SCHEMA.names
+    assert names[-2:] == ["quality_seconds", "precision"]
+    assert PAIRS_SCHEMA.field("quality_seconds").type == pa.float64()
+    assert PAIRS_SCHEMA.field("precision").type == pa.string() and PAIRS_SCHEMA.field("precision").nullable
 
 
 def test_schema_5_appends_nullable_strength_and_held_by_columns():

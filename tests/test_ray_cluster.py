@@ -91,3 +91,30 @@ def test_removing_a_node_mid_run_still_completes_every_pair(gpu_cluster, s3_buck
     # Every pair done exactly once, its whole output and nothing else under the output prefix.
     assert outcome.audit.problems == []
     assert (outcome.audit.done, outcome.audit.lost, outcome.audit.duplicates) == (4, 0, 0)
+
+
+def test_rendering_in_gpu_tasks_gives_the_cpu_renderings_outputs(gpu_cluster, tmp_path):
+    # With GPUs the pair's inversion runs in a GPU task and its encoding and measures in
+    # a CPU task; without, one CPU task does both. The same outputs and measures either way.
+    write_wav(tmp_path / "style.wav", synth.rain(4.0, seed=5))
+    rows = []
+    for index in range(2):
+        write_wav(tmp_path / f"m{index}.wav", synth.music(PAIR_SECONDS, seed=40 + index))
+        rows.append(f"p{index},m{index}.wav,style.wav")
+    (tmp_path / "manifest.csv").write_text("pair_id,content,style\n" + "\n".join(rows) + "\n")
+    preset = PRESET.with_overrides(iterations=2)
+    outputs = {}
+    for name, gpus in (("gpu", 0.5), ("cpu", 0.0)):
+        output = tmp_path / name
+        summary = run_manifest(str(tmp_path / "manifest.csv"),
+                               RunOptions(str(output), preset, num_gpus_per_task=gpus, max_in_flight=MAX_IN_FLIGHT))
+        assert summary.progress.ok == 2
+        outputs[name] = output
+    measured = ("chroma_similarity", "onset_correlation", "mfcc_progress", "gram_progress", "texture_progress",
+                "spectral_convergence", "quality_seconds", "precision")
+    gpu_rows, cpu_rows = ({row["pair_id"]: row for row in metadata.read_table(str(outputs[name]), "pairs").to_pylist()}
+                          for name in ("gpu", "cpu"))
+    for pair_id in ("p0", "p1"):
+        assert (outputs["gpu"] / "audio" / f"{pair_id}.wav").read_bytes() == \
+            (outputs["cpu"] / "audio" / f"{pair_id}.wav").read_bytes()
+        assert {k: gpu_rows[pair_id][k] for k in measured} == {k: cpu_rows[pair_id][k] for k in measured}

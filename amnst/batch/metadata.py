@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from amnst.batch import storage
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # The output's quality measures in a pair row, as amnst.engine.quality.assess names them, in the
 # order reports list them.
 QUALITY_COLUMNS = ("chroma_similarity", "onset_correlation", "mfcc_distance", "mfcc_progress",
@@ -136,6 +136,12 @@ PAIRS_SCHEMA = table_schema(
     # Schema version 5 too: what was noticed of the inputs and used all the same
     # (amnst.engine.audio.AudioWarning: a truncated file), one line each; null if nothing.
     ("warnings", pa.list_(pa.string())),
+    # Schema version 6: the seconds of the pair its quality measures read (its first
+    # ones; amnst.batch.pipeline.QUALITY_SECONDS), and the precision its CNN computed
+    # at (NSTConfig.precision as the workers resolved it; "bf16,fp32" where they
+    # differed); null in rows of earlier versions, which measured the whole pair in fp32.
+    ("quality_seconds", pa.float64()),
+    ("precision", pa.string()),
 )
 
 SEGMENTS_SCHEMA = table_schema(

@@ -2,7 +2,8 @@
 
 Stages are plain functions over arrays, bytes and URIs, with no Ray inside:
 ``analyse_pair`` (read, hash, decode, segment), ``style_targets_for``,
-``optimise_segments`` and ``render_pair`` (stitch, invert, encode, write).
+``optimise_segments``, and ``invert_pair`` (stitch, invert) then ``finish_pair``
+(encode, measure, write), which ``render_pair`` composes.
 ``transfer_pair`` runs a pair in this process (``amnst transfer``); the Ray
 runner (``amnst.batch.ray_runner``) runs the same stages as tasks.
 """
@@ -111,6 +112,10 @@ def transfer_pair(content: np.ndarray, style: np.ndarray, preset: Preset, transf
 
 # --- the stages as the batch runner runs them --------------------------------
 
+# A pair's quality measures read its first this many seconds (and the style's):
+# measured whole, they would cost a long piece more than a tenth of its CPU work.
+QUALITY_SECONDS = 30.0
+
 @contextlib.contextmanager
 def timed(stages: dict[str, float], name: str) -> Iterator[None]:
     """Add the wall-clock seconds the block takes to ``stages[name]``."""
@@ -191,6 +196,8 @@ class SegmentsResult:
     result: NSTResult
     seconds: float
     node: str = ""
+    # The CNN's precision as the worker resolved it (NSTConfig.precision).
+    precision: str = "fp32"
 
 
 def pair_fingerprint(content_sha256: str, style_sha256: str, preset: Preset, weights: Weights,
@@ -266,43 +273,91 @@ def optimise_segments(segments: np.ndarray, start: int, targets: StyleTargets,
     """Optimise ``segments``, the piece's segments from index ``start`` on
     (their indices seed random starts)."""
     clock = time.perf_counter()
-    result = cached_transfer(weights, preset).optimise(
-        segments, targets, indices=np.arange(start, start + len(segments)))
-    return SegmentsResult(start, result, time.perf_counter() - clock)
+    transfer = cached_transfer(weights, preset)
+    result = transfer.optimise(segments, targets, indices=np.arange(start, start + len(segments)))
+    return SegmentsResult(start, result, time.perf_counter() - clock, precision=transfer.precision)
 
 
-def render_pair(job: PairJob, info: AnalysisInfo, parts: list[SegmentsResult],
-                fmt: str = "wav", stages: dict[str, float] | None = None) -> dict[str, Any]:
-    """Stitch, invert, encode and write one pair's output; returns the facts of its row.
+@dataclass(frozen=True)
+class RenderedPair:
+    """A pair's output before it is encoded and measured: its optimised segments in
+    order, the output audio ``y`` and the mel it was rendered from, the decoded
+    content (which the inversion read for its phase), what decoding noticed, and
+    the seconds spent (``read`` and ``invert``)."""
+
+    parts: list[SegmentsResult]
+    y: np.ndarray
+    mel: np.ndarray
+    content: np.ndarray
+    notices: list[str]
+    seconds: dict[str, float]
+
+
+def invert_pair(job: PairJob, parts: list[SegmentsResult]) -> RenderedPair:
+    """Stitch a pair's optimised segments and invert them to audio: the GPU half of
+    rendering (the inversion runs on TensorFlow's device)."""
+    from amnst.engine import audio
+
+    seconds: dict[str, float] = {}
+    parts = sorted(parts, key=lambda part: part.start)
+    with timed(seconds, "read"), noticed() as notices:
+        content = audio.load(storage.read_bytes(job.content_uri), job.preset.audio, name=job.content_uri)
+    with timed(seconds, "invert"):
+        y, mel = render(np.concatenate([part.result.mels for part in parts]), content, job.preset.audio,
+                        job.preset.nst)
+    return RenderedPair(parts, y, mel, content, notices, seconds)
+
+
+def finish_pair(job: PairJob, rendered: RenderedPair, fmt: str = "wav", stages: dict[str, float] | None = None,
+                quality_seconds: float | None = QUALITY_SECONDS) -> dict[str, Any]:
+    """Encode, measure and write one rendered pair; returns the facts of its row: the
+    CPU half of rendering.
 
     The output is written last, atomically, so a failure leaves no output.
     The returned dict holds the pair's loss record, its quality measures
-    (``amnst.engine.quality``, measured against the decoded inputs) with those of
-    its reference rows (the content itself, a plain mix), per-stage
-    seconds, and ``"segments"``: one dict per segment. ``stages``, when
-    given, gains the seconds spent in ``invert`` (stitch and inversion),
-    ``encode``, ``quality`` (re-reading the inputs included) and ``write``.
+    (``amnst.engine.quality``, measured against the decoded inputs over their
+    first ``quality_seconds``, all of them if None) with those of its reference
+    rows (the content itself, a plain mix), per-stage seconds, and
+    ``"segments"``: one dict per segment. ``stages``, when given, gains the
+    seconds spent in ``invert`` (stitch and inversion), ``encode``,
+    ``quality`` (reading the inputs included) and ``write``.
     """
     from amnst.engine import audio, quality
     from amnst.engine.nst import concat_results
 
-    seconds: dict[str, float] = {}
-    parts = sorted(parts, key=lambda part: part.start)
-    result = concat_results([part.result for part in parts])
-    with timed(seconds, "quality"), noticed() as notices:
-        content, style = (audio.load(storage.read_bytes(uri), job.preset.audio, name=uri)
-                          for uri in (job.content_uri, job.style_uri))
-    with timed(seconds, "invert"):
-        y, mel = render(result.mels, content, job.preset.audio, job.preset.nst)
+    seconds = dict(rendered.seconds)
+    result = concat_results([part.result for part in rendered.parts])
+    with timed(seconds, "read"), noticed() as notices:
+        style = audio.load(storage.read_bytes(job.style_uri), job.preset.audio, name=job.style_uri)
     with timed(seconds, "encode"):
-        encoded = audio.encode(y, job.preset.audio.sample_rate, fmt)
+        encoded = audio.encode(rendered.y, job.preset.audio.sample_rate, fmt)
     with timed(seconds, "quality"):
+        y, content, style, mel = quality.first_seconds(quality_seconds, job.preset.audio, rendered.y,
+                                                       rendered.content, style, rendered.mel)
         measures = quality.assess_with_references(y, content, style, job.preset.audio, optimised_mel=mel)
     with timed(seconds, "write"):
         storage.write_bytes(job.output_uri, encoded)
+    seconds["quality"] += seconds.pop("read")
     if stages is not None:
         for name, value in seconds.items():
             stages[name] = stages.get(name, 0.0) + value
+    return {**loss_record(result), **measures, "segments": _segment_rows(rendered.parts),
+            "warnings": (rendered.notices + notices) or None,
+            "quality_seconds": len(y) / job.preset.audio.sample_rate,
+            "precision": ",".join(sorted({part.precision for part in rendered.parts})),
+            "seconds_optimise": sum(part.seconds for part in rendered.parts),
+            "seconds_render": seconds["invert"] + seconds["encode"],
+            "seconds_quality": seconds["quality"], "seconds_write": seconds["write"]}
+
+
+def render_pair(job: PairJob, parts: list[SegmentsResult], fmt: str = "wav",
+                stages: dict[str, float] | None = None) -> dict[str, Any]:
+    """:func:`invert_pair` then :func:`finish_pair`, in this process."""
+    return finish_pair(job, invert_pair(job, parts), fmt, stages)
+
+
+def _segment_rows(parts: list[SegmentsResult]) -> list[dict[str, Any]]:
+    """One dict per optimised segment: its losses, rollbacks, time and node."""
     segments = []
     for part in parts:
         for offset in range(len(part.result.mels)):
@@ -316,10 +371,7 @@ def render_pair(job: PairJob, info: AnalysisInfo, parts: list[SegmentsResult],
                 "gave_up": bool(part.result.gave_up[offset]),
                 "seconds": part.seconds / len(part.result.mels), "worker_node": part.node,
             })
-    return {**loss_record(result), **measures, "segments": segments, "warnings": notices or None,
-            "seconds_optimise": sum(part.seconds for part in parts),
-            "seconds_render": seconds["invert"] + seconds["encode"],
-            "seconds_quality": seconds["quality"], "seconds_write": seconds["write"]}
+    return segments
 
 
 def loss_record(result: NSTResult) -> dict[str, Any]:

@@ -34,8 +34,8 @@ from amnst.batch import claims, metadata, report, storage
 from amnst.ops import metrics
 from amnst.config import Preset
 from amnst.batch.manifest import Pair, RowError, read_manifest
-from amnst.batch.pipeline import (AnalysisInfo, PairJob, SegmentsResult, Weights, analyse_pair,
-                            optimise_segments, render_pair, style_targets_for)
+from amnst.batch.pipeline import (QUALITY_SECONDS, AnalysisInfo, PairJob, RenderedPair, SegmentsResult, Weights,
+                                  analyse_pair, finish_pair, invert_pair, optimise_segments, style_targets_for)
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
 # An output written since this long before the run read the records may be another
@@ -62,6 +62,8 @@ class RunOptions:
     # Lifetime of a pair's claim (amnst.batch.claims); the run renews it every third of this.
     # A run killed with claims held delays those pairs by at most this much.
     claim_ttl_seconds: float = claims.DEFAULT_TTL_SECONDS
+    # Each pair's quality measures read its first this many seconds (None: all).
+    quality_seconds: float | None = QUALITY_SECONDS
 
     def __post_init__(self) -> None:
         if self.segments_per_task < 1:
@@ -76,6 +78,8 @@ class RunOptions:
             raise ValueError(f"metadata_flush_seconds={self.metadata_flush_seconds} must be >= 0")
         if not self.claim_ttl_seconds > 0:
             raise ValueError(f"claim_ttl_seconds={self.claim_ttl_seconds} must be > 0")
+        if self.quality_seconds is not None and not self.quality_seconds > 0:
+            raise ValueError(f"quality_seconds={self.quality_seconds} must be > 0")
 
 
 @dataclass
@@ -171,9 +175,24 @@ def _optimise(segments: Any, start: int, targets: Any, preset: Preset, weights: 
 
 
 @ray.remote(max_calls=0)
-def _render(job: PairJob, info: AnalysisInfo, fmt: str, *parts: SegmentsResult) -> dict[str, Any]:
+def _render(job: PairJob, fmt: str, quality_seconds: float | None, *parts: SegmentsResult) -> dict[str, Any]:
     setup_worker()
-    return {**render_pair(job, info, list(parts), fmt), "worker_node": _node()}
+    return {**finish_pair(job, invert_pair(job, list(parts)), fmt, quality_seconds=quality_seconds),
+            "worker_node": _node()}
+
+
+@ray.remote(max_calls=0)
+def _invert(job: PairJob, *parts: SegmentsResult) -> RenderedPair:
+    # A run with GPUs inverts here, in a GPU task: on the card the inversion costs
+    # little, where on the CPUs it was half their work (docs/performance.md).
+    setup_worker()
+    return invert_pair(job, list(parts))
+
+
+@ray.remote(max_calls=0)
+def _finish(job: PairJob, fmt: str, quality_seconds: float | None, rendered: RenderedPair) -> dict[str, Any]:
+    setup_worker()
+    return {**finish_pair(job, rendered, fmt, quality_seconds=quality_seconds), "worker_node": _node()}
 
 
 # --- the driver ----------------------------------------------------------------
@@ -272,8 +291,12 @@ class _Driver:
             state.part_refs.append(ref)
             self.pending[ref] = ("optimise", state, stop - start)
         else:
-            ref = _render.options(**self.resources(gpu=False)).remote(
-                job, info, self.options.output_format, *state.part_refs)
+            fmt, seconds = self.options.output_format, self.options.quality_seconds
+            if self.options.num_gpus_per_task:
+                rendered = _invert.options(**self.resources(gpu=True)).remote(job, *state.part_refs)
+                ref = _finish.options(**self.resources(gpu=False)).remote(job, fmt, seconds, rendered)
+            else:
+                ref = _render.options(**self.resources(gpu=False)).remote(job, fmt, seconds, *state.part_refs)
             self.pending[ref] = ("render", state, 0)
             state.segments_ref = None  # the split or optimise tasks hold it now
 

@@ -42,6 +42,11 @@ def add_bench_commands(commands: Any) -> None:
                          help="instead, sweep each design's strength and the plain mix's style share, and "
                               "report each design's margin over the mix frontier (docs/quality.md)")
     quality.add_argument("--plot", help="with --frontier: write the curves to this PNG (default: beside --json)")
+    quality.add_argument("--design", action="append", default=[], dest="designs",
+                         help="with --frontier: only the designs whose name contains this (repeatable)")
+    quality.add_argument("--precision", action="append", default=[], dest="precisions", choices=("fp32", "bf16"),
+                         help="with --frontier: every design at this CNN precision (repeatable: the first is the "
+                              "base, and the report gives how far each measure moves from it)")
     e2e = _add_bench_parser(
         bench_commands, "e2e", "seconds of compute per second of audio, stage by stage, for pairs of each length",
         "2 iterations, pairs of 4 and 8 s (smoke test)",
@@ -87,6 +92,8 @@ def add_bench_commands(commands: Any) -> None:
     export.add_argument("--seconds", type=_positive_float, default=30.0, help="length of the pair (s)")
     export.add_argument("--no-tf32", action="store_true",
                         help="full FP32 convolutions and products (default: TensorFloat-32 allowed, as TF does)")
+    export.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="the CNN's precision in the step programs (default fp32)")
     export.set_defaults(command=command_export_xla)
 
 
@@ -126,7 +133,7 @@ def command_bench(args: argparse.Namespace) -> int:
         options = dict(presets=tuple(args.presets or ("seed", "default")), variants=tuple(args.variant),
                        weights=args.weights, seconds=args.seconds, frontier=args.frontier,
                        plot=args.plot or (str(Path(args.json).with_suffix(".png")) if args.frontier and args.json
-                                          else None))
+                                          else None), designs=tuple(args.designs), precisions=tuple(args.precisions))
     elif args.benchmark == "e2e":
         options = dict(seconds=tuple(args.seconds), segments_per_task=args.segments_per_task, workers=args.workers,
                        rounds=args.rounds, baseline=args.baseline)
@@ -173,7 +180,7 @@ def command_export_xla(args: argparse.Namespace) -> int:
     check_folder(args.folder)
     folder = Path(args.folder)
     manifest = export_programs(folder, tuple(sorted(set(args.batches or DEFAULT_BATCHES))),
-                               args.seconds, tf32=not args.no_tf32)
+                               args.seconds, tf32=not args.no_tf32, precision=args.precision)
     batches = " ".join(str(step["batch"]) for step in manifest["steps"])
     print(f"wrote {folder}: step programs for batches {batches} and the inversion of {args.seconds:g} s; "
           f"on the GPU machine: python -m amnst.bench.xla_replay {folder} --json gpu.json")

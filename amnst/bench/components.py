@@ -8,6 +8,7 @@ worker thread pools' effect, and the driver's memory against manifest size.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import warnings
@@ -23,7 +24,7 @@ from amnst import synth
 from amnst.bench import evaluation
 from amnst.bench.measure import best_of, machine, matmul_flops_per_second, nst_step_flops
 from amnst.config import AudioConfig, NSTConfig, Preset, get_preset
-from amnst.engine import audio, invert
+from amnst.engine import audio, invert, precision
 from amnst.engine.model import build_model, feature_extractor
 from amnst.engine.nst import StyleTransfer
 
@@ -57,11 +58,13 @@ def seed_faithful_loop(model: keras.Model, config: NSTConfig, content: np.ndarra
 
 
 def bench_nst(quick: bool = False) -> dict[str, Any]:
-    """Segment-iterations per second of the compiled ``default`` step at batch 5,
-    against the seed-faithful eager loop and against the matmul ceiling.
+    """Segment-iterations per second of the compiled ``default`` step at batch 5, at
+    each CNN precision (fp32, bf16), against the seed-faithful eager loop and
+    against the matmul ceiling.
 
     Segments are the CNN's full 431 frames (not fitted), the shape whose FLOPs
-    ``nst_step_flops`` counts."""
+    ``nst_step_flops`` counts. The precisions are timed in turn within every
+    repeat, so a drift of the machine's speed falls on both alike."""
     iterations, repeats = (3, 1) if quick else (10, 3)
     model = build_model()
     preset = get_preset("default").with_overrides(iterations=iterations, segments_per_batch=NST_BATCH,
@@ -70,10 +73,15 @@ def bench_nst(quick: bool = False) -> dict[str, Any]:
     content = audio.segment(audio.mel_spectrogram(content_y, preset.audio), preset.audio)[:NST_BATCH]
     style = audio.segment(audio.mel_spectrogram(style_y, preset.audio), preset.audio)[:NST_BATCH]
 
-    transfer = StyleTransfer(model, preset.nst, audio=preset.audio)
-    targets = transfer.style_targets(style)
-    transfer.optimise(content, targets)  # traces and warms the compiled step
-    compiled = best_of(repeats, lambda: transfer.optimise(content, targets))
+    transfers = {p: StyleTransfer(model, dataclasses.replace(preset.nst, precision=p), audio=preset.audio)
+                 for p in ("fp32", "bf16")}
+    targets = {p: transfer.style_targets(style) for p, transfer in transfers.items()}
+    for p, transfer in transfers.items():
+        transfer.optimise(content, targets[p])  # traces and warms the compiled step
+    times: dict[str, list[float]] = {p: [] for p in transfers}
+    for _ in range(repeats):
+        for p, transfer in transfers.items():
+            times[p].append(best_of(1, lambda: transfer.optimise(content, targets[p])))
 
     seed = get_preset("seed").nst
     baseline = seed_faithful_loop(model, seed, content, style)
@@ -83,16 +91,19 @@ def bench_nst(quick: bool = False) -> dict[str, Any]:
     segment_iterations = NST_BATCH * iterations
     flops = nst_step_flops(model, preset.nst)
     peak = matmul_flops_per_second()
-    compiled_rate = segment_iterations / compiled
+    rates = {p: segment_iterations / min(t) for p, t in times.items()}
+    default = precision.resolve(preset.nst.precision)
     return {
         "benchmark": "nst", "machine": machine(), "batch": NST_BATCH, "iterations": iterations,
-        "compiled_default_segment_iterations_per_s": compiled_rate,
+        "native_bf16": precision.native_bf16(), "default_precision": default,
+        "compiled_segment_iterations_per_s": rates,
+        "bf16_time_over_fp32": min(times["bf16"]) / min(times["fp32"]),
         "seed_faithful_eager_segment_iterations_per_s": segment_iterations / eager,
-        "speedup_vs_seed_faithful": eager / compiled,
+        "speedup_vs_seed_faithful": {p: rate * eager / segment_iterations for p, rate in rates.items()},
         "step_gflop_per_segment": flops / 1e9,
-        "achieved_gflops": compiled_rate * flops / 1e9,
+        "achieved_gflops": {p: rate * flops / 1e9 for p, rate in rates.items()},
         "matmul_gflops": peak / 1e9,
-        "fraction_of_matmul_rate": compiled_rate * flops / peak,
+        "fraction_of_fp32_matmul_rate": {p: rate * flops / peak for p, rate in rates.items()},
     }
 
 

@@ -207,7 +207,7 @@ def _e2e_pair(job: PairJob, weights: Weights, width: int, optimise: OptimiseTask
         tasks = [(segments[start:start + step], start) for start in range(0, len(segments), step)]
         with timed(stages, "optimise"):
             parts = optimise(tasks * copies, targets)[:len(tasks)]
-        render_pair(job, info, parts, stages=stages)
+        render_pair(job, parts, stages=stages)
     audio_seconds = info.n_samples / preset.audio.sample_rate
     total = sum(stages.values())
     return {"audio_seconds": audio_seconds, "segments": info.n_segments,

@@ -86,6 +86,42 @@ def _designs() -> list[Method]:
 DESIGNS = _designs()
 
 
+def at_precision(method: Method, precision: str) -> Method:
+    """``method`` computing its CNN at ``precision``, named ``"[precision] NAME"``."""
+    return dataclasses.replace(method, name=f"[{precision}] {method.name}",
+                               preset=method.preset.with_overrides(precision=precision))
+
+
+def precision_shift(rows: list[dict[str, Any]], precisions: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """How far each method's results move from the first of ``precisions`` to the
+    others (methods named by :func:`at_precision`): per measure kept and style
+    measure, the largest change of the median over pairs at any strength
+    (``median``), and the largest change of any one pair (``pair``)."""
+    measures = (*FLOORS, *STYLE_MEASURES)
+    by_key = {(row["method"], row["pair"], row["level"]): row for row in rows}
+    shifts: dict[str, dict[str, float]] = {}
+    base_prefix = f"[{precisions[0]}] "
+    for method in dict.fromkeys(row["method"] for row in rows if row["method"].startswith(base_prefix)):
+        name = method.removeprefix(base_prefix)
+        for other in precisions[1:]:
+            pairs_moves: dict[str, list[float]] = {m: [] for m in measures}
+            median_moves: dict[str, list[float]] = {m: [] for m in measures}
+            levels: dict[float, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+            for (key_method, pair, level), row in by_key.items():
+                twin = by_key.get((f"[{other}] {name}", pair, level))
+                if key_method == method and twin is not None:
+                    levels.setdefault(level, []).append((row, twin))
+            for matched in levels.values():
+                for m in measures:
+                    pairs_moves[m] += [abs(b[m] - a[m]) for a, b in matched]
+                    median_moves[m].append(abs(float(np.median([b[m] for _, b in matched]))
+                                               - float(np.median([a[m] for a, _ in matched]))))
+            shifts[f"{name}: {precisions[0]} -> {other}"] = {
+                **{f"median_{m}": max(median_moves[m]) for m in measures},
+                **{f"pair_{m}": max(pairs_moves[m]) for m in measures}}
+    return shifts
+
+
 def sweep_pair(name: str, content: np.ndarray, style: np.ndarray, methods: Iterable[Method],
                transfer_for: Callable[[Preset], Any], strengths: tuple[float, ...] = STRENGTHS) -> list[dict[str, Any]]:
     """Every measure of the mix at each of ``MIX_SHARES`` and of each method at each
@@ -227,6 +263,11 @@ def table(figures: dict[str, Any]) -> str:
         cells = "".join(("-" if f["median"] is None else f"{f['median']:.3f}").rjust(9) + f" ({f['pairs_reaching_floors']})"
                         for f in floors.values())
         lines.append(method[:34].ljust(34) + cells)
+    for name, shift in figures.get("precision_shift", {}).items():
+        lines.append("")
+        lines.append(f"{name}: largest move of a median at any strength (of one pair)")
+        lines.append("".join(f"{short.get(m, m)} {shift['median_' + m]:.4f} ({shift['pair_' + m]:.4f})  "
+                             for m in (*FLOORS, *STYLE_MEASURES)))
     return "\n".join(lines)
 
 

@@ -24,13 +24,17 @@ QUALITY_TARGETS = {"chroma_similarity": 0.95, "onset_correlation": 0.8, "mfcc_pr
 
 def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "default"),
                   variants: tuple[str, ...] = (), weights: str | None = None,
-                  seconds: float = 10.0, frontier: bool = False, plot: str | None = None) -> dict[str, Any]:
+                  seconds: float = 10.0, frontier: bool = False, plot: str | None = None,
+                  designs: tuple[str, ...] = (), precisions: tuple[str, ...] = ()) -> dict[str, Any]:
     """Every preset (and variant) over the synthesized evaluation set, with reference rows.
 
     With ``frontier``: instead, the trade-off yardstick (:mod:`amnst.bench.frontier`):
     the mix and every design of ``frontier.DESIGNS`` (and variant) swept over
     their strengths, with margins over the mix frontier; ``plot`` is where
-    the picture goes (none if not given).
+    the picture goes (none if not given). ``designs``: only the designs whose name
+    contains one of these (default: all). ``precisions``: every design and variant
+    at each of these precisions (``NSTConfig.precision``), with how far each
+    design's medians move between them (``frontier.precision_shift``).
 
     A variant is ``"base:key=value,key=value"`` (base preset, then overrides).
     Reference rows: the content itself; a plain mix (0.7 content + 0.3
@@ -44,7 +48,7 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
 
     pairs = evaluation.EVALUATION_PAIRS[:3] if quick else evaluation.EVALUATION_PAIRS
     if frontier:
-        return _bench_frontier(pairs, variants, weights, seconds, plot, quick)
+        return _bench_frontier(pairs, variants, weights, seconds, plot, quick, designs, precisions)
     methods = {name: get_preset(name) for name in presets}
     methods.update({variant: parse_variant(variant) for variant in variants})
     if quick:
@@ -83,21 +87,28 @@ def bench_quality(quick: bool = False, presets: tuple[str, ...] = ("seed", "defa
 
 
 def _bench_frontier(pairs: list[evaluation.EvaluationPair], variants: tuple[str, ...], weights: str | None,
-                    seconds: float, plot: str | None, quick: bool) -> dict[str, Any]:
+                    seconds: float, plot: str | None, quick: bool, designs: tuple[str, ...] = (),
+                    precisions: tuple[str, ...] = ()) -> dict[str, Any]:
     """``bench quality --frontier``: see :func:`bench_quality`."""
     from amnst.bench import frontier
 
-    methods = [*frontier.DESIGNS, *(frontier.Method(v, parse_variant(v)) for v in variants)]
+    methods = [m for m in frontier.DESIGNS if not designs or any(d in m.name for d in designs)]
+    methods += [frontier.Method(v, parse_variant(v)) for v in variants]
+    if precisions:
+        methods = [frontier.at_precision(m, precision) for m in methods for precision in precisions]
     strengths = frontier.STRENGTHS
     if quick:
         methods = [dataclasses.replace(m, preset=m.preset.with_overrides(iterations=min(m.preset.nst.iterations, 4)))
                    for m in methods[:2]]
         strengths = (0.0, 0.5, 1.0)
     figures = frontier.run(methods, pairs, seconds, weights, strengths)
+    if len(precisions) > 1:
+        figures["precision_shift"] = frontier.precision_shift(figures["rows"], precisions)
     if plot:
         frontier.plot(figures, plot)
     return {"benchmark": "quality-frontier", "machine": machine(), "seconds_per_pair": seconds,
             "weights": weights, "plot": plot, **figures}
+
 
 def _quality_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per method: the mean of every measure, the worst pair on each target, on how

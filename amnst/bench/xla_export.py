@@ -40,7 +40,7 @@ DEFAULT_BATCHES = (1, 7, 14, 28, 56)
 
 def export_programs(folder: Path, batches: tuple[int, ...] = DEFAULT_BATCHES,
                     seconds: float = 30.0, check_iterations: int = 3,
-                    tf32: bool = True, invert: bool = True) -> dict[str, Any]:
+                    tf32: bool = True, invert: bool = True, precision: str = "fp32") -> dict[str, Any]:
     """Write the ``default`` preset's programs for each batch size, and the
     inversion of the content, into ``folder``; return the manifest.
 
@@ -55,20 +55,21 @@ def export_programs(folder: Path, batches: tuple[int, ...] = DEFAULT_BATCHES,
     size after ``check_iterations`` steps (the target and the losses), and for
     the inversion (left out if not ``invert``). ``tf32=False`` forbids
     TensorFloat-32 in the lowered convolutions and products (full fp32 on GPUs
-    that have it); the process's setting is restored afterwards.
+    that have it); the process's setting is restored afterwards. ``precision``:
+    the CNN's (``NSTConfig.precision``, ``"fp32"`` or ``"bf16"``), as the manifest records.
     """
     allowed = tf.config.experimental.tensor_float_32_execution_enabled()
     tf.config.experimental.enable_tensor_float_32_execution(tf32)
     try:
-        return _export(folder, batches, seconds, check_iterations, tf32, invert)
+        return _export(folder, batches, seconds, check_iterations, tf32, invert, precision)
     finally:
         tf.config.experimental.enable_tensor_float_32_execution(allowed)
 
 
 def _export(folder: Path, batches: tuple[int, ...], seconds: float, check_iterations: int,
-            tf32: bool, invert: bool) -> dict[str, Any]:
+            tf32: bool, invert: bool, precision: str) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
-    preset = get_preset("default")
+    preset = get_preset("default").with_overrides(precision=precision)
     content, style = evaluation.evaluation_pair(EXPORT_PAIR, seconds, preset.audio.sample_rate)
     content_mel = mel_spectrogram(content, preset.audio)
     transfer = StyleTransfer(build_model(), preset.nst)
@@ -102,7 +103,8 @@ def _export(folder: Path, batches: tuple[int, ...], seconds: float, check_iterat
     np.savez_compressed(folder / "check.npz", x=np.asarray(state[0]), loss=np.asarray(loss),
                         content_loss=np.asarray(content_loss), style_loss=np.asarray(style_loss))
     inversion = _export_inversion(folder, preset, content_mel, len(content)) if invert else None
-    manifest = {"preset": preset.name, "pair": EXPORT_PAIR, "tf32": tf32, "tensorflow": tf.__version__,
+    manifest = {"preset": preset.name, "pair": EXPORT_PAIR, "tf32": tf32, "precision": precision,
+                "tensorflow": tf.__version__,
                 # How far each of the pair's (fitted) segments advances the piece.
                 "segment_hop_seconds": (segments.shape[2] - preset.audio.overlap_frames)
                 * preset.audio.hop_length / preset.audio.sample_rate,

@@ -60,6 +60,8 @@ def add_run_options(parser: argparse.ArgumentParser, metrics_job: str) -> None:
                         help="write finished pairs' records at least this often (default 30); a driver "
                              "killed mid-run loses at most this much of its record, whose pairs the "
                              "rerun computes again")
+    parser.add_argument("--quality-seconds", type=_positive_float, default=30.0,
+                        help="measure each pair's quality over its first this many seconds (default 30)")
     parser.add_argument("--metrics-port", type=_port,
                         help="serve Prometheus /metrics on this port while running (0: any free port)")
     parser.add_argument("--pushgateway", help="push the outcome to this Pushgateway (host:port or URL)")
@@ -80,7 +82,7 @@ def run_options_from_args(args: argparse.Namespace) -> Any:
     try:
         return RunOptions(storage.check_uri(args.output), preset, args.weights, args.segments_per_task,
                           args.num_gpus_per_task, args.num_cpus_per_task, args.max_in_flight, args.format,
-                          metadata_flush_seconds=args.metadata_flush_seconds)
+                          metadata_flush_seconds=args.metadata_flush_seconds, quality_seconds=args.quality_seconds)
     except (ValueError, storage.StorageError) as error:
         raise CommandError(str(error), EXIT_USAGE) from None
 
@@ -112,6 +114,9 @@ def add_nst_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strength", type=float,
                         help="how far toward the style, 0 (the content's own reconstruction) to 1 "
                              "(the full transfer); default: the preset's")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"),
+                        help="the CNN's arithmetic; auto: bf16 where the CPU or GPU computes it natively "
+                             "(default: the preset's)")
     parser.add_argument("--init", help="starting target: content, style, zero or random")
     parser.add_argument("--lr", type=float, dest="learning_rate", help="learning rate")
     parser.add_argument("--seed", type=int, help="random seed, 0 to 2**32 - 1")
@@ -126,8 +131,8 @@ def preset_from_args(args: argparse.Namespace) -> Any:
     from amnst.config import ConfigError, get_preset, parse_layers
 
     overrides: dict[str, Any] = {}
-    for name in ("iterations", "content_weight", "style_weight", "spectral_style_weight", "strength", "init",
-                 "learning_rate", "seed"):
+    for name in ("iterations", "content_weight", "style_weight", "spectral_style_weight", "strength", "precision",
+                 "init", "learning_rate", "seed"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     try:

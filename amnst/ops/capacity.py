@@ -68,7 +68,8 @@ class GpuRate:
         rows = sorted(figures["optimise"], key=lambda row: row["batch"])
         fitting = [row for row in rows if row["batch"] <= segments_per_task] or rows[:1]
         row = fitting[-1]
-        precision = "TF32" if figures["export"]["tf32"] else "FP32"
+        export = figures["export"]
+        precision = "BF16" if export.get("precision") == "bf16" else "TF32" if export["tf32"] else "FP32"
         return cls(f"{figures['device']}, {precision}, batch {row['batch']} (measured)",
                    1.0 / row["segment_iterations_per_second"], True)
 
@@ -78,8 +79,10 @@ class Costs:
     """What units of work cost; the CPU figures come from ``amnst bench e2e``.
 
     ``cpu_core_seconds_per_audio_second``: the pair's CPU stages (read,
-    decode, mel, invert, encode, quality, write) in core-seconds per second
-    of the pair's audio. ``style_core_seconds_per_audio_second``: a style's
+    decode, mel, encode, quality, write, and invert unless the GPUs render)
+    in core-seconds per second of the pair's audio.
+    ``gpu_render_seconds_per_audio_second``: the inversion where the GPUs render
+    (``amnst run`` with GPUs inverts in a GPU task), 0 where the CPUs do. ``style_core_seconds_per_audio_second``: a style's
     Gram targets (they run as a GPU task; costed like the CPU stages, an
     upper bound). Storage figures are per pair: requests and bytes moved
     (inputs read twice, once to analyse and once to assess quality).
@@ -92,6 +95,7 @@ class Costs:
     storage_writes_per_pair: float
     bytes_read_per_audio_second: float
     bytes_written_per_audio_second: float
+    gpu_render_seconds_per_audio_second: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -180,8 +184,8 @@ def plan(batch: Batch, preset: Preset, costs: Costs, gpu: GpuRate, layout: Layou
     """Workers, task slots and budgets for ``batch`` at ``preset``.
 
     GPU work is the optimise steps (``iterations`` forward-and-backward steps
-    per segment) plus each style's one forward pass (half a step per style
-    segment). Workers are the GPUs (and CPU cores) that finish the batch's
+    per segment), each style's one forward pass (half a step per style
+    segment) and, where the GPUs render, the inversions. Workers are the GPUs (and CPU cores) that finish the batch's
     work in ``utilisation * window_seconds``. ``max_in_flight`` gives every
     task slot one task running and one waiting; the object store's bound
     follows from it (:func:`peak_object_bytes`).
@@ -191,7 +195,8 @@ def plan(batch: Batch, preset: Preset, costs: Costs, gpu: GpuRate, layout: Layou
     audio_seconds = batch.pairs * batch.pair_seconds
     segment_iterations = batch.pairs * segments * preset.nst.iterations
     step_seconds = gpu.seconds_per_segment_iteration
-    gpu_seconds = segment_iterations * step_seconds + styles * segments * step_seconds / 2
+    gpu_seconds = (segment_iterations * step_seconds + styles * segments * step_seconds / 2
+                   + audio_seconds * costs.gpu_render_seconds_per_audio_second)
     busy = batch.window_seconds * layout.utilisation
     gpus = math.ceil(gpu_seconds / busy)
     cpu_core_seconds = (audio_seconds * costs.cpu_core_seconds_per_audio_second
