@@ -181,15 +181,14 @@ SCHEMAS = {"runs": RUNS_SCHEMA, "pairs": PAIRS_SCHEMA, "segments": SEGMENTS_SCHE
 _STATUSES = {"runs": RUN_STATUSES, "pairs": PAIR_STATUSES}
 
 
-def _file_schema(table: str) -> pa.Schema:
+def file_schema(schema: pa.Schema) -> pa.Schema:
     """The columns stored inside a table's files: all but the partition columns."""
-    schema = SCHEMAS[table]
     for name in PARTITIONING.names:
         schema = schema.remove(schema.get_field_index(name))
     return schema
 
 
-_FILE_SCHEMAS = {table: _file_schema(table) for table in TABLES}
+_FILE_SCHEMAS = {table: file_schema(SCHEMAS[table]) for table in TABLES}
 
 
 def new_run_id(now: datetime.datetime) -> str:
@@ -200,8 +199,14 @@ def new_run_id(now: datetime.datetime) -> str:
 def run_partition(output_uri: str, table: str, run_id: str, date: datetime.date) -> str:
     """The folder URI holding one run's files of ``table``; ``date`` is the run's UTC start day."""
     _check_table(table)
+    return partition_uri(output_uri, table, run_id, date)
+
+
+def partition_uri(output_uri: str, folder: str, run_id: str, date: datetime.date) -> str:
+    """``{output_uri}/_amnst/{folder}/date=YYYY-MM-DD/run_id={run_id}``: where one run's files of
+    a table laid out as these are (the training's epoch rows too) go."""
     _check_run_id(run_id)
-    return storage.join(output_uri, "_amnst", table, f"date={date:%Y-%m-%d}", f"run_id={run_id}")
+    return storage.join(output_uri, "_amnst", folder, f"date={date:%Y-%m-%d}", f"run_id={run_id}")
 
 
 class MetadataWriter:
@@ -410,8 +415,13 @@ class PairStatusIndex:
 def _dataset(output_uri: str, table: str) -> ds.Dataset:
     """A table's Parquet files as one dataset with the current schema and hive partitioning."""
     _check_table(table)
-    schema = SCHEMAS[table]
-    fs, base = storage.filesystem(storage.join(output_uri, "_amnst", table))
+    return partitioned_dataset(output_uri, table, SCHEMAS[table])
+
+
+def partitioned_dataset(output_uri: str, folder: str, schema: pa.Schema) -> ds.Dataset:
+    """The Parquet files under ``{output_uri}/_amnst/{folder}`` (:func:`partition_uri`) as one
+    dataset of ``schema``, ``date`` and ``run_id`` read from the path."""
+    fs, base = storage.filesystem(storage.join(output_uri, "_amnst", folder))
     # Listing the data files ourselves, rather than letting pyarrow discover
     # them, keeps out markers and in-flight temporary files however named.
     paths = [info.path for info in _list_files(fs, base)

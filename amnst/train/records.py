@@ -17,8 +17,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from amnst.batch import metadata, storage
@@ -45,14 +43,12 @@ TRAINING_SCHEMA = metadata.table_schema(
     ("fingerprint", pa.string()),
     ("finished_at", metadata.TIMESTAMP),
 )
-# Inside the files: everything but the partition columns, which live in the path.
-_FILE_SCHEMA = pa.schema([f for f in TRAINING_SCHEMA if f.name not in metadata.PARTITIONING.names])
+_FILE_SCHEMA = metadata.file_schema(TRAINING_SCHEMA)
 
 
 def training_partition(output_uri: str, run_id: str, started_at: datetime) -> str:
     """The folder of one run's epoch rows; ``started_at`` (UTC) gives its date."""
-    day = started_at.astimezone(timezone.utc)
-    return storage.join(output_uri, "_amnst", "training", f"date={day:%Y-%m-%d}", f"run_id={run_id}")
+    return metadata.partition_uri(output_uri, "training", run_id, started_at.astimezone(timezone.utc).date())
 
 
 def write_epoch_row(output_uri: str, run_id: str, started_at: datetime, row: dict[str, Any]) -> None:
@@ -69,11 +65,4 @@ def write_epoch_row(output_uri: str, run_id: str, started_at: datetime, row: dic
 
 def read_epochs(output_uri: str) -> pa.Table:
     """Every epoch row under ``output_uri``, all runs, oldest first; ``date`` and ``run_id`` come from the path."""
-    fs, base = storage.filesystem(storage.join(output_uri, "_amnst", "training"))
-    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-    paths = [info.path for info in fs.get_file_info(selector)
-             if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
-             and not info.base_name.startswith(("_", "."))]
-    dataset = ds.dataset(paths, schema=TRAINING_SCHEMA, format="parquet", filesystem=fs,
-                         partitioning=ds.partitioning(metadata.PARTITIONING, flavor="hive"), partition_base_dir=base)
-    return dataset.to_table().sort_by("finished_at")
+    return metadata.partitioned_dataset(output_uri, "training", TRAINING_SCHEMA).to_table().sort_by("finished_at")
