@@ -361,7 +361,8 @@ PRESETS: dict[str, Preset] = {
             phase="content",
             # The strongest strength at which the margin over the mix frontier is
             # positive on every style measure on at least 7 of the 10 evaluation
-            # pairs, with chroma, onsets and progress on target on all ten (docs/quality.md).
+            # pairs, with chroma, onsets and progress on target (docs/quality.md says
+            # which pair sits at the onset floor).
             strength=0.6,
             # bfloat16 convolutions where the device computes them natively: the
             # quality measures move by less than 0.01 (docs/performance.md).

@@ -56,8 +56,8 @@ def test_log_cnn_input_feeds_the_network_the_offset_log_mel(random_cnn, music_an
 
     mel = segments_of(music_and_rain[0], "default", 1)
     plain = StyleTransfer(random_cnn, get_preset("seed").nst)  # the same layers, both read from the mel
-    logged = StyleTransfer(random_cnn, get_preset("default").with_overrides(content_input="log",
-                                                                            style_input="log").nst)
+    logged = StyleTransfer(random_cnn, get_preset("default").with_overrides(content_input="log", style_input="log",
+                                                                            precision="fp32").nst)
     expected = plain.features(np.log(mel + LOG_INPUT_OFFSET))
     for layer, f in logged.features(mel, "log").items():
         np.testing.assert_allclose(f.numpy(), expected[layer].numpy(), rtol=1e-4, atol=1e-5)
@@ -75,7 +75,9 @@ def test_content_and_style_can_read_different_inputs(random_cnn, music_and_rain)
 
 @pytest.mark.parametrize("preset", ["default"])
 def test_default_is_exact_under_any_batching(random_cnn, music_and_rain, preset):
-    cfg = get_preset(preset).with_overrides(iterations=6, init="random").nst
+    # In fp32. In bf16 oneDNN's choice of kernels by batch size moves a segment's
+    # result by about 1 % of its norm: segments are still independent, not exact.
+    cfg = get_preset(preset).with_overrides(iterations=6, init="random", precision="fp32").nst
     transfer = StyleTransfer(random_cnn, cfg)
     content = segments_of(music_and_rain[0], preset, 2)
     targets = transfer.style_targets(segments_of(music_and_rain[1], preset))
@@ -102,8 +104,9 @@ def test_optimisation_is_deterministic(random_cnn, music_and_rain):
 
 
 def test_the_xla_compiled_step_optimises_as_the_graph_does(random_cnn, music_and_rain):
-    # The step compiles with XLA where there is a GPU; here XLA's CPU backend stands in.
-    cfg = get_preset("default").with_overrides(iterations=3).nst
+    # The step compiles with XLA where there is a GPU; here XLA's CPU backend stands in (in fp32:
+    # XLA's CPU bf16 convolutions round otherwise than oneDNN's).
+    cfg = get_preset("default").with_overrides(iterations=3, precision="fp32").nst
     content = segments_of(music_and_rain[0], "default", 2)
     plain, xla = StyleTransfer(random_cnn, cfg, jit_compile=False), StyleTransfer(random_cnn, cfg, jit_compile=True)
     targets = plain.style_targets(segments_of(music_and_rain[1], "default"))

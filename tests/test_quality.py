@@ -258,3 +258,18 @@ def test_texture_distance_gives_each_family_an_equal_say():
     assert quality.texture_distance(shifted("skewness", 1.0), a) == pytest.approx(1 / 12)
     b = np.random.default_rng(0).normal(size=a.size)
     assert quality.texture_distance(a, b) == pytest.approx(quality.texture_distance(b, a))
+
+
+def test_first_seconds_cuts_every_signal_and_the_mel_alike():
+    config = get_preset("default").audio
+    rate, hop = config.sample_rate, config.hop_length
+    y, content, style = (np.arange(n, dtype=np.float32) for n in (10 * rate, 10 * rate, 4 * rate))
+    mel = np.ones((config.n_mels, 1 + len(y) // hop), np.float32)
+    cut = quality.first_seconds(3.0, config, y, content, style, mel)
+    assert [len(a) for a in cut[:3]] == [3 * rate, 3 * rate, 3 * rate]
+    assert cut[3].shape == (config.n_mels, 1 + 3 * rate // hop)
+    assert quality.first_seconds(None, config, y, content, style, mel)[0] is y
+    shorter = quality.first_seconds(30.0, config, y, content, style, mel)
+    assert [len(a) for a in shorter[:3]] == [10 * rate, 10 * rate, 4 * rate] and shorter[3].shape == mel.shape
+    with pytest.raises(ValueError, match="seconds"):
+        quality.first_seconds(0.0, config, y, content, style, mel)

@@ -114,7 +114,7 @@ def transfer_pair(content: np.ndarray, style: np.ndarray, preset: Preset, transf
 
 # A pair's quality measures read its first this many seconds (and the style's):
 # measured whole, they would cost a long piece more than a tenth of its CPU work.
-QUALITY_SECONDS = 30.0
+QUALITY_SECONDS = 20.0
 
 @contextlib.contextmanager
 def timed(stages: dict[str, float], name: str) -> Iterator[None]:
@@ -280,32 +280,37 @@ def optimise_segments(segments: np.ndarray, start: int, targets: StyleTargets,
 
 @dataclass(frozen=True)
 class RenderedPair:
-    """A pair's output before it is encoded and measured: its optimised segments in
-    order, the output audio ``y`` and the mel it was rendered from, the decoded
-    content (which the inversion read for its phase), what decoding noticed, and
-    the seconds spent (``read`` and ``invert``)."""
+    """A pair's output before it is encoded and measured: the output audio ``y`` and
+    the mel it was rendered from, the decoded content (which the inversion read for
+    its phase), what decoding noticed, the seconds spent (``read`` and ``invert``),
+    and the row's facts of the optimisation (``record``: losses, segment rows,
+    precision). The optimised segments themselves stay behind."""
 
-    parts: list[SegmentsResult]
     y: np.ndarray
     mel: np.ndarray
     content: np.ndarray
     notices: list[str]
     seconds: dict[str, float]
+    record: dict[str, Any]
 
 
 def invert_pair(job: PairJob, parts: list[SegmentsResult]) -> RenderedPair:
     """Stitch a pair's optimised segments and invert them to audio: the GPU half of
     rendering (the inversion runs on TensorFlow's device)."""
     from amnst.engine import audio
+    from amnst.engine.nst import concat_results
 
     seconds: dict[str, float] = {}
     parts = sorted(parts, key=lambda part: part.start)
+    result = concat_results([part.result for part in parts])
     with timed(seconds, "read"), noticed() as notices:
         content = audio.load(storage.read_bytes(job.content_uri), job.preset.audio, name=job.content_uri)
     with timed(seconds, "invert"):
-        y, mel = render(np.concatenate([part.result.mels for part in parts]), content, job.preset.audio,
-                        job.preset.nst)
-    return RenderedPair(parts, y, mel, content, notices, seconds)
+        y, mel = render(result.mels, content, job.preset.audio, job.preset.nst)
+    record = {**loss_record(result), "segments": _segment_rows(parts),
+              "precision": ",".join(sorted({part.precision for part in parts})),
+              "seconds_optimise": sum(part.seconds for part in parts)}
+    return RenderedPair(y, mel, content, notices, seconds, record)
 
 
 def finish_pair(job: PairJob, rendered: RenderedPair, fmt: str = "wav", stages: dict[str, float] | None = None,
@@ -323,10 +328,8 @@ def finish_pair(job: PairJob, rendered: RenderedPair, fmt: str = "wav", stages: 
     ``quality`` (reading the inputs included) and ``write``.
     """
     from amnst.engine import audio, quality
-    from amnst.engine.nst import concat_results
 
     seconds = dict(rendered.seconds)
-    result = concat_results([part.result for part in rendered.parts])
     with timed(seconds, "read"), noticed() as notices:
         style = audio.load(storage.read_bytes(job.style_uri), job.preset.audio, name=job.style_uri)
     with timed(seconds, "encode"):
@@ -341,11 +344,8 @@ def finish_pair(job: PairJob, rendered: RenderedPair, fmt: str = "wav", stages: 
     if stages is not None:
         for name, value in seconds.items():
             stages[name] = stages.get(name, 0.0) + value
-    return {**loss_record(result), **measures, "segments": _segment_rows(rendered.parts),
-            "warnings": (rendered.notices + notices) or None,
+    return {**rendered.record, **measures, "warnings": (rendered.notices + notices) or None,
             "quality_seconds": len(y) / job.preset.audio.sample_rate,
-            "precision": ",".join(sorted({part.precision for part in rendered.parts})),
-            "seconds_optimise": sum(part.seconds for part in rendered.parts),
             "seconds_render": seconds["invert"] + seconds["encode"],
             "seconds_quality": seconds["quality"], "seconds_write": seconds["write"]}
 

@@ -60,8 +60,8 @@ def add_run_options(parser: argparse.ArgumentParser, metrics_job: str) -> None:
                         help="write finished pairs' records at least this often (default 30); a driver "
                              "killed mid-run loses at most this much of its record, whose pairs the "
                              "rerun computes again")
-    parser.add_argument("--quality-seconds", type=_positive_float, default=30.0,
-                        help="measure each pair's quality over its first this many seconds (default 30)")
+    parser.add_argument("--quality-seconds", type=_positive_float,
+                        help="measure each pair's quality over its first this many seconds (default 20)")
     parser.add_argument("--metrics-port", type=_port,
                         help="serve Prometheus /metrics on this port while running (0: any free port)")
     parser.add_argument("--pushgateway", help="push the outcome to this Pushgateway (host:port or URL)")
@@ -82,7 +82,8 @@ def run_options_from_args(args: argparse.Namespace) -> Any:
     try:
         return RunOptions(storage.check_uri(args.output), preset, args.weights, args.segments_per_task,
                           args.num_gpus_per_task, args.num_cpus_per_task, args.max_in_flight, args.format,
-                          metadata_flush_seconds=args.metadata_flush_seconds, quality_seconds=args.quality_seconds)
+                          metadata_flush_seconds=args.metadata_flush_seconds,
+                          **({} if args.quality_seconds is None else {"quality_seconds": args.quality_seconds}))
     except (ValueError, storage.StorageError) as error:
         raise CommandError(str(error), EXIT_USAGE) from None
 

@@ -141,14 +141,19 @@ def segments_per_pair(preset: Preset, seconds: float) -> int:
 
 
 def pair_object_bytes(preset: Preset, seconds: float) -> int:
-    """Object-store bytes one pair holds at most: its content segments and their optimised copies.
+    """Object-store bytes one pair holds at most: its content segments, their optimised
+    copies and, where a GPU task inverts (``amnst run`` with GPUs), the rendered pair
+    handed to the CPU task that finishes it: the output and the content as float32
+    samples, and the stitched mel.
 
     An optimised segment also carries its loss record: three float32 curves
     of ``iterations + 1`` values.
     """
     segments = segments_per_pair(preset, seconds)
     losses = 3 * (preset.nst.iterations + 1) * FLOAT32_BYTES
-    return segments * (2 * segment_bytes(preset, seconds) + losses)
+    samples = int(round(seconds * preset.audio.sample_rate))
+    rendered = (2 * samples + preset.audio.n_mels * num_frames(samples, preset.audio)) * FLOAT32_BYTES
+    return segments * (2 * segment_bytes(preset, seconds) + losses) + rendered
 
 
 def style_object_bytes(preset: Preset, seconds: float, gram_bytes: float) -> float:
