@@ -241,7 +241,7 @@ def test_a_pair_stays_claimed_past_the_lifetime_while_it_runs(ray_address, outpu
             expiries.add(attempts[-1][1].expires_at)
 
     # Enough iterations that the pair outlives its claim's first expiry.
-    options = RunOptions(output, PRESET.with_overrides(iterations=30), claim_ttl_seconds=ttl)
+    options = RunOptions(output, PRESET.with_overrides(iterations=80), claim_ttl_seconds=ttl)
     summary = run_manifest(manifest, options, intrude)
     assert summary.progress.ok == 1
     assert attempts and max(elapsed for elapsed, _ in attempts) > ttl + 0.5, "the pair ran too briefly"

@@ -484,12 +484,13 @@ def observed(servers, moto_server, tmp_path_factory) -> Iterator[Observations]:
             alerts_seen.update(prom.active_alerts())
 
         # Tonight: `amnst run` as its own process, on the test's Ray, serving
-        # /metrics and pushing its outcome at the end.
+        # /metrics and pushing its outcome at the end. Its pairs take long enough to
+        # finish scrapes apart: a rate needs a counter seen rising.
         driver_env = {**os.environ, **aws_environment(moto_server), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
         with (work / "driver.out").open("w") as out, (work / "driver.err").open("w") as err:
             driver = subprocess.Popen(
                 [sys.executable, "-m", "amnst.cli", "run", manifest, "--output", "s3://amnst-monitoring/out",
-                 "--iterations", "10", "--max-in-flight", "2", "--metrics-port", str(ports["driver"]),
+                 "--iterations", "40", "--max-in-flight", "2", "--metrics-port", str(ports["driver"]),
                  "--pushgateway", gateway, "--metrics-job", BATCH_JOB],
                 stdout=out, stderr=err, env=driver_env, cwd=REPO)
         stack.callback(stop, driver)

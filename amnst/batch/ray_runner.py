@@ -183,8 +183,8 @@ def _render(job: PairJob, fmt: str, quality_seconds: float | None, *parts: Segme
 
 @ray.remote(max_calls=0)
 def _invert(job: PairJob, *parts: SegmentsResult) -> RenderedPair:
-    # A run with GPUs inverts here, in a GPU task: on the card the inversion costs
-    # little, where on the CPUs it was half their work (docs/performance.md).
+    # A run with GPUs inverts here, in a GPU task: the card inverts a pair in a
+    # fraction of the time the CPUs take, and no GPU slot waits on the CPU half.
     setup_worker()
     return invert_pair(job, list(parts))
 

@@ -5,16 +5,18 @@ weights, so the stack below is the Keras model's inference path written out
 with its weights as constants, and one gradient written by hand: the first
 convolution has a single input channel, and TensorFlow's generic input
 gradient for it is the most expensive op of a whole step. A test holds these
-features equal to the Keras model's.
+features equal to the Keras model's. The maps compute in float32 or bfloat16
+(``amnst.engine.precision``). Their Gram matrices, what the style loss and the
+quality measures' independent network match, are here too, in float32.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import keras
 import numpy as np
 import tensorflow as tf
-
-from collections.abc import Callable, Sequence
 
 from amnst.config import FEATURE_MAP_LAYERS
 
