@@ -294,7 +294,11 @@ def storage_faults(root: str, proxy: FaultProxy, plan: FaultPlan, pairs: int = 3
                                          "cut": counts.cut})
 
 
-def worker_kill(root: str, pairs: int = 3, preset: Preset = PRESET) -> Outcome:
+# Optimise tasks long enough (tenths of a second) that a killer looking every 20 ms finds one running.
+WORKER_KILL_PRESET = PRESET.with_overrides(iterations=20)
+
+
+def worker_kill(root: str, pairs: int = 3, preset: Preset = WORKER_KILL_PRESET) -> Outcome:
     """Pairs run while a worker is SIGKILLed in the middle of an optimise task, once warm."""
     files, cases = good_pairs(pairs, seconds=11.0)  # three segments a pair
     started = threading.Event()
