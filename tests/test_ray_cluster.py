@@ -67,8 +67,8 @@ def test_a_scaled_down_batch_keeps_the_models_budgets(gpu_cluster, tmp_path):
 
     assert max(in_flight for in_flight, _ in samples) <= MAX_IN_FLIGHT
     peak = max(used for _, used in samples)
-    bound = capacity.peak_object_bytes(preset, PAIR_SECONDS, style_gram_bytes(build_model(), preset.nst),
-                                       MAX_IN_FLIGHT)
+    grams = style_gram_bytes(build_model(), preset.nst, preset.audio.n_mels)
+    bound = capacity.peak_object_bytes(preset, PAIR_SECONDS, grams, MAX_IN_FLIGHT)
     assert capacity.segment_bytes(preset, PAIR_SECONDS) <= peak <= bound
     audio_files = sorted(p.name for p in (output / "audio").iterdir())
     assert audio_files == [f"p{i}.wav" for i in range(PAIRS)]

@@ -51,7 +51,7 @@ def bench_capacity(quick: bool = False, e2e: str | None = None, pairs: int = 100
         else ASSUMED_GPU_INVERT_PER_AUDIO_SECOND
     cpu_stages = row["cpu_stages_per_audio_second"] - row["per_audio_second"]["invert"]
     costs = capacity.Costs(
-        gram_bytes=style_gram_bytes(model, preset.nst),
+        gram_bytes=style_gram_bytes(model, preset.nst, preset.audio.n_mels),
         cpu_core_seconds_per_audio_second=cpu_stages * cores,
         style_core_seconds_per_audio_second=row["per_audio_second"]["style"] * cores,
         storage_reads_per_pair=row["storage"]["reads"], storage_writes_per_pair=row["storage"]["writes"],

@@ -69,6 +69,13 @@ def nst_step_flops(model: keras.Model, config: NSTConfig) -> float:
     return flops
 
 
-def style_gram_bytes(model: keras.Model, config: NSTConfig) -> int:
-    """Bytes of a style's float32 Gram targets: ``C x C`` at every style layer."""
-    return sum(4 * model.layers[index].output.shape[-1] ** 2 for index in config.style_layers)
+def style_gram_bytes(model: keras.Model, config: NSTConfig, n_mels: int = 384) -> int:
+    """Bytes of a style's float32 Gram targets: ``C x C`` at every style layer, then
+    ``n_mels x n_mels`` for the spectral style loss and ``F x F`` per random network
+    (``nst.RANDOM_NET_FILTERS``, one per dilation) where their weights are set."""
+    from amnst.engine.nst import RANDOM_NET_DILATIONS, RANDOM_NET_FILTERS
+
+    channels = [model.layers[index].output.shape[-1] for index in config.style_layers]
+    channels += [n_mels] * bool(config.spectral_style_weight)
+    channels += [RANDOM_NET_FILTERS] * (len(RANDOM_NET_DILATIONS) if config.random_style_weight else 0)
+    return sum(4 * c ** 2 for c in channels)
