@@ -275,21 +275,14 @@ def replace_if(uri: _UriLike, data: bytes, tag: str) -> bool:
     the write are one step; locally the check and the atomic rename happen
     under an exclusive lock of the folder.
     """
-    location = _parse(uri, key_required=True)
-    if location.scheme == "s3":
-        try:
-            with _s3_errors(location.uri):
-                _s3(location.uri).client.put_object(Bucket=location.bucket, Key=location.path,
-                                                    Body=bytes(data), IfMatch=tag)
-        except (AlreadyExistsError, NotFoundError):  # 412: another version; 404: gone
-            return False
-        return True
-    path = Path(location.path)
-    with _local_errors(location.uri), _folder_locked(path.parent):
-        if _local_tag_of(path) != tag:
-            return False
+    def put(client: Any, location: _Location) -> None:
+        client.put_object(Bucket=location.bucket, Key=location.path, Body=bytes(data), IfMatch=tag)
+
+    def write(path: Path, location: _Location) -> bool:
         _write_local(path, data, False, location.uri)
-    return True
+        return True
+
+    return _if_still(uri, tag, put, write)
 
 
 def delete_if(uri: _UriLike, tag: str) -> bool:
@@ -300,24 +293,35 @@ def delete_if(uri: _UriLike, tag: str) -> bool:
     conditional delete (``If-Match``); locally check and unlink happen under
     the folder's lock, as in :func:`replace_if`.
     """
-    location = _parse(uri, key_required=True)
-    if location.scheme == "s3":
-        try:
-            with _s3_errors(location.uri):
-                _s3(location.uri).client.delete_object(Bucket=location.bucket, Key=location.path,
-                                                       IfMatch=tag)
-        except (AlreadyExistsError, NotFoundError):
-            return False
-        return True
-    path = Path(location.path)
-    with _local_errors(location.uri), _folder_locked(path.parent):
-        if _local_tag_of(path) != tag:
-            return False
+    def delete(client: Any, location: _Location) -> None:
+        client.delete_object(Bucket=location.bucket, Key=location.path, IfMatch=tag)
+
+    def unlink(path: Path, location: _Location) -> bool:
         try:
             path.unlink()
         except FileNotFoundError:
             return False
-    return True
+        return True
+
+    return _if_still(uri, tag, delete, unlink)
+
+
+def _if_still(uri: _UriLike, tag: str, on_s3: Callable[[Any, _Location], None],
+              on_local: Callable[[Path, _Location], bool]) -> bool:
+    """Act on ``uri`` only if it is still the version ``tag``: on S3, ``on_s3(client,
+    location)`` makes a request conditional on ``IfMatch=tag``; locally, ``on_local(path,
+    location)`` runs under the folder's lock once the file's tag is checked. True if it acted."""
+    location = _parse(uri, key_required=True)
+    if location.scheme == "s3":
+        try:
+            with _s3_errors(location.uri):
+                on_s3(_s3(location.uri).client, location)
+        except (AlreadyExistsError, NotFoundError):  # 412: another version; 404: gone
+            return False
+        return True
+    path = Path(location.path)
+    with _local_errors(location.uri), _folder_locked(path.parent):
+        return _local_tag_of(path) == tag and on_local(path, location)
 
 
 @contextmanager
