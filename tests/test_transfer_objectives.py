@@ -196,3 +196,16 @@ def test_a_stopping_knob_scales_the_iterations():
     assert frontier.Method("a", get_preset("default")).at(0.4).nst.strength == 0.4
     with pytest.raises(ValueError, match="knob"):
         dataclasses.replace(method, knob="dial")
+
+
+def test_precision_shift_reads_the_medians_and_every_pair():
+    # Two pairs at two strengths; in bf16 pair b's every measure is 0.02 higher.
+    measures = (*frontier.FLOORS, *frontier.STYLE_MEASURES)
+    rows = [{"method": f"[{precision}] d", "pair": pair, "level": level,
+             **{m: base + level / 10 + (0.02 if (precision, pair) == ("bf16", "b") else 0.0) for m in measures},
+             **{f"margin_{m}": 0.0 for m in frontier.STYLE_MEASURES}}
+            for precision in ("fp32", "bf16") for pair, base in (("a", 0.5), ("b", 0.7)) for level in (0.0, 1.0)]
+    shift = frontier.precision_shift({"rows": rows, **frontier.summarise(rows)}, ("fp32", "bf16"))["d: fp32 -> bf16"]
+    # The median of the two pairs moves by half of b's move; one pair by all of it.
+    assert shift["median_gram_progress"] == pytest.approx(0.01)
+    assert shift["pair_onset_correlation"] == pytest.approx(0.02)

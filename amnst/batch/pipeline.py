@@ -282,7 +282,7 @@ def optimise_segments(segments: np.ndarray, start: int, targets: StyleTargets,
 class RenderedPair:
     """A pair's output before it is encoded and measured: the output audio ``y`` and
     the mel it was rendered from, the decoded content (which the inversion read for
-    its phase), what decoding noticed, the seconds spent (``read`` and ``invert``),
+    its phase), what decoding noticed, the seconds spent (``invert``, reading the content included),
     and the row's facts of the optimisation (``record``: losses, segment rows,
     precision). The optimised segments themselves stay behind."""
 
@@ -303,9 +303,9 @@ def invert_pair(job: PairJob, parts: list[SegmentsResult]) -> RenderedPair:
     seconds: dict[str, float] = {}
     parts = sorted(parts, key=lambda part: part.start)
     result = concat_results([part.result for part in parts])
-    with timed(seconds, "read"), noticed() as notices:
+    with timed(seconds, "invert"), noticed() as notices:
+        # The content's own STFT gives the inversion its phase.
         content = audio.load(storage.read_bytes(job.content_uri), job.preset.audio, name=job.content_uri)
-    with timed(seconds, "invert"):
         y, mel = render(result.mels, content, job.preset.audio, job.preset.nst)
     record = {**loss_record(result), "segments": _segment_rows(parts),
               "precision": ",".join(sorted({part.precision for part in parts})),
@@ -324,23 +324,21 @@ def finish_pair(job: PairJob, rendered: RenderedPair, fmt: str = "wav", stages: 
     first ``quality_seconds``, all of them if None) with those of its reference
     rows (the content itself, a plain mix), per-stage seconds, and
     ``"segments"``: one dict per segment. ``stages``, when given, gains the
-    seconds spent in ``invert`` (stitch and inversion), ``encode``,
-    ``quality`` (reading the inputs included) and ``write``.
+    seconds spent in ``invert`` (reading the content, stitch and inversion),
+    ``encode``, ``quality`` (reading the style included) and ``write``.
     """
     from amnst.engine import audio, quality
 
     seconds = dict(rendered.seconds)
-    with timed(seconds, "read"), noticed() as notices:
-        style = audio.load(storage.read_bytes(job.style_uri), job.preset.audio, name=job.style_uri)
     with timed(seconds, "encode"):
         encoded = audio.encode(rendered.y, job.preset.audio.sample_rate, fmt)
-    with timed(seconds, "quality"):
+    with timed(seconds, "quality"), noticed() as notices:
+        style = audio.load(storage.read_bytes(job.style_uri), job.preset.audio, name=job.style_uri)
         y, content, style, mel = quality.first_seconds(quality_seconds, job.preset.audio, rendered.y,
                                                        rendered.content, style, rendered.mel)
         measures = quality.assess_with_references(y, content, style, job.preset.audio, optimised_mel=mel)
     with timed(seconds, "write"):
         storage.write_bytes(job.output_uri, encoded)
-    seconds["quality"] += seconds.pop("read")
     if stages is not None:
         for name, value in seconds.items():
             stages[name] = stages.get(name, 0.0) + value
@@ -351,9 +349,10 @@ def finish_pair(job: PairJob, rendered: RenderedPair, fmt: str = "wav", stages: 
 
 
 def render_pair(job: PairJob, parts: list[SegmentsResult], fmt: str = "wav",
-                stages: dict[str, float] | None = None) -> dict[str, Any]:
-    """:func:`invert_pair` then :func:`finish_pair`, in this process."""
-    return finish_pair(job, invert_pair(job, parts), fmt, stages)
+                stages: dict[str, float] | None = None,
+                quality_seconds: float | None = QUALITY_SECONDS) -> dict[str, Any]:
+    """:func:`invert_pair` then :func:`finish_pair`, in one process."""
+    return finish_pair(job, invert_pair(job, parts), fmt, stages, quality_seconds)
 
 
 def _segment_rows(parts: list[SegmentsResult]) -> list[dict[str, Any]]:

@@ -35,7 +35,8 @@ from amnst.ops import metrics
 from amnst.config import Preset
 from amnst.batch.manifest import Pair, RowError, read_manifest
 from amnst.batch.pipeline import (QUALITY_SECONDS, AnalysisInfo, PairJob, RenderedPair, SegmentsResult, Weights,
-                                  analyse_pair, finish_pair, invert_pair, optimise_segments, style_targets_for)
+                                  analyse_pair, finish_pair, invert_pair, optimise_segments, render_pair,
+                                  style_targets_for)
 
 EXIT_OK, EXIT_PARTIAL = 0, 3
 # An output written since this long before the run read the records may be another
@@ -177,8 +178,7 @@ def _optimise(segments: Any, start: int, targets: Any, preset: Preset, weights: 
 @ray.remote(max_calls=0)
 def _render(job: PairJob, fmt: str, quality_seconds: float | None, *parts: SegmentsResult) -> dict[str, Any]:
     setup_worker()
-    return {**finish_pair(job, invert_pair(job, list(parts)), fmt, quality_seconds=quality_seconds),
-            "worker_node": _node()}
+    return {**render_pair(job, list(parts), fmt, quality_seconds=quality_seconds), "worker_node": _node()}
 
 
 @ray.remote(max_calls=0)

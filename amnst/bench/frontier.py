@@ -92,33 +92,26 @@ def at_precision(method: Method, precision: str) -> Method:
                                preset=method.preset.with_overrides(precision=precision))
 
 
-def precision_shift(rows: list[dict[str, Any]], precisions: tuple[str, ...]) -> dict[str, dict[str, float]]:
+def precision_shift(figures: dict[str, Any], precisions: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """How far each method's results move from the first of ``precisions`` to the
-    others (methods named by :func:`at_precision`): per measure kept and style
-    measure, the largest change of the median over pairs at any strength
-    (``median``), and the largest change of any one pair (``pair``)."""
+    others (methods named by :func:`at_precision`), from :func:`run`'s figures: per
+    measure kept and style measure, the largest change of the median over pairs at
+    any strength (``median``), and the largest change of any one pair (``pair``)."""
     measures = (*FLOORS, *STYLE_MEASURES)
-    by_key = {(row["method"], row["pair"], row["level"]): row for row in rows}
+    rows = {(row["method"], row["pair"], row["level"]): row for row in figures["rows"]}
+    base = f"[{precisions[0]}] "
     shifts: dict[str, dict[str, float]] = {}
-    base_prefix = f"[{precisions[0]}] "
-    for method in dict.fromkeys(row["method"] for row in rows if row["method"].startswith(base_prefix)):
-        name = method.removeprefix(base_prefix)
+    for method, points in figures["curves"].items():
+        if not method.startswith(base):
+            continue
+        name = method.removeprefix(base)
         for other in precisions[1:]:
-            pairs_moves: dict[str, list[float]] = {m: [] for m in measures}
-            median_moves: dict[str, list[float]] = {m: [] for m in measures}
-            levels: dict[float, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
-            for (key_method, pair, level), row in by_key.items():
-                twin = by_key.get((f"[{other}] {name}", pair, level))
-                if key_method == method and twin is not None:
-                    levels.setdefault(level, []).append((row, twin))
-            for matched in levels.values():
-                for m in measures:
-                    pairs_moves[m] += [abs(b[m] - a[m]) for a, b in matched]
-                    median_moves[m].append(abs(float(np.median([b[m] for _, b in matched]))
-                                               - float(np.median([a[m] for a, _ in matched]))))
+            twin = f"[{other}] {name}"
+            medians = list(zip(points, figures["curves"][twin]))
+            pairs = [(row, rows[(twin, pair, level)]) for (m, pair, level), row in rows.items() if m == method]
             shifts[f"{name}: {precisions[0]} -> {other}"] = {
-                **{f"median_{m}": max(median_moves[m]) for m in measures},
-                **{f"pair_{m}": max(pairs_moves[m]) for m in measures}}
+                **{f"median_{m}": max(abs(b[m] - a[m]) for a, b in medians) for m in measures},
+                **{f"pair_{m}": max(abs(b[m] - a[m]) for a, b in pairs) for m in measures}}
     return shifts
 
 

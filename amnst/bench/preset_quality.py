@@ -103,7 +103,7 @@ def _bench_frontier(pairs: list[evaluation.EvaluationPair], variants: tuple[str,
         strengths = (0.0, 0.5, 1.0)
     figures = frontier.run(methods, pairs, seconds, weights, strengths)
     if len(precisions) > 1:
-        figures["precision_shift"] = frontier.precision_shift(figures["rows"], precisions)
+        figures["precision_shift"] = frontier.precision_shift(figures, precisions)
     if plot:
         frontier.plot(figures, plot)
     return {"benchmark": "quality-frontier", "machine": machine(), "seconds_per_pair": seconds,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from amnst.config import SEED_LIMIT
+from amnst.config import PRECISIONS, SEED_LIMIT
 
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
@@ -115,7 +115,7 @@ def add_nst_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strength", type=float,
                         help="how far toward the style, 0 (the content's own reconstruction) to 1 "
                              "(the full transfer); default: the preset's")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"),
+    parser.add_argument("--precision", choices=PRECISIONS,
                         help="the CNN's arithmetic; auto: bf16 where the CPU or GPU computes it natively "
                              "(default: the preset's)")
     parser.add_argument("--init", help="starting target: content, style, zero or random")
