@@ -2,9 +2,10 @@
 
 NST differentiates features with respect to the input only, never the
 weights, so the stack below is the Keras model's inference path written out
-with its weights as constants, and one gradient written by hand: the first
-convolution has a single input channel, and TensorFlow's generic input
-gradient for it is the most expensive op of a whole step. A test holds these
+with its weights as constants, and its input gradients written by hand: the
+first convolution has a single input channel, and TensorFlow's generic input
+gradient for it is the most expensive op of a whole step; the others'
+gradients are forward convolutions (:func:`relu_conv`). A test holds these
 features equal to the Keras model's. The maps compute in float32 or bfloat16
 (``amnst.engine.precision``). Their Gram matrices, what the style loss and the
 quality measures' independent network match, are here too, in float32.
@@ -64,8 +65,7 @@ class FeatureStack:
                 # conv1's own maps are not read: convolution, ReLU and pool as one op.
                 h = outputs[index + 1] = _first_block(h, kernel, bias, stride)
                 continue
-            h = _first_conv(h, kernel, bias) if block == 0 else tf.nn.relu(
-                tf.nn.bias_add(tf.nn.conv2d(h, kernel, 1, "VALID"), bias))
+            h = _first_conv(h, kernel, bias) if block == 0 else relu_conv(h, kernel, bias)
             outputs[index] = h
             h = tf.nn.max_pool2d(h, 2, stride, "SAME")
             outputs[index + 1] = h
@@ -117,7 +117,7 @@ def _first_block(x: tf.Tensor, kernel: np.ndarray, bias: np.ndarray, stride: int
         pooled = tf.nn.relu(tf.nn.bias_add(peaks, bias))
 
         def grad(dpooled: tf.Tensor) -> tf.Tensor:
-            open_windows = tf.where(pooled > 0, dpooled, tf.zeros_like(dpooled))
+            open_windows = tf.raw_ops.ReluGrad(gradients=dpooled, features=pooled)
             dz = tf.raw_ops.MaxPoolGrad(orig_input=z, orig_output=peaks, grad=open_windows,
                                         ksize=[1, 2, 2, 1], strides=[1, stride, stride, 1], padding="SAME")
             return _taps_to_input(dz, kernel)
@@ -125,6 +125,34 @@ def _first_block(x: tf.Tensor, kernel: np.ndarray, bias: np.ndarray, stride: int
         return pooled, grad
 
     return block(x)
+
+
+def relu_conv(x: tf.Tensor, kernel: np.ndarray, bias: np.ndarray | None = None,
+              dilations: tuple[int, int] = (1, 1)) -> tf.Tensor:
+    """``relu(conv2d(x, kernel, "VALID", dilations) + bias)`` for maps ``x`` ``(B, H, W, C)``
+    and a kernel ``(kh, kw, C, F)``; no bias by default.
+
+    Its input gradient is the forward convolution of the ReLU's gradient, padded
+    by the kernel's dilated reach on every side, with the kernel flipped and its
+    channels swapped: the same sums as TensorFlow's input-gradient op, whose
+    oneDNN kernel costs several times a forward pass on one segment's small maps.
+    """
+    flipped = np.ascontiguousarray(np.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)))
+    reach = [(size - 1) * rate for size, rate in zip(kernel.shape[:2], dilations)]
+    padding = [[0, 0], [reach[0], reach[0]], [reach[1], reach[1]], [0, 0]]
+    rates = [1, *dilations, 1]
+
+    @tf.custom_gradient
+    def conv(x: tf.Tensor) -> tuple[tf.Tensor, object]:
+        z = tf.nn.conv2d(x, kernel, 1, "VALID", dilations=rates)
+        y = tf.nn.relu(z if bias is None else tf.nn.bias_add(z, bias))
+
+        def grad(dy: tf.Tensor) -> tf.Tensor:
+            return tf.nn.conv2d(tf.raw_ops.ReluGrad(gradients=dy, features=y), flipped, 1, padding, dilations=rates)
+
+        return y, grad
+
+    return conv(x)
 
 
 def _taps_to_input(dz: tf.Tensor, kernel: np.ndarray) -> tf.Tensor:
@@ -160,16 +188,45 @@ def gram_matrices(maps: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return gram(flat), tf.cast(tf.shape(flat)[1], tf.float32)
 
 
+def gram_style_error(maps: tf.Tensor, target: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """Per segment, ``scale[b] * sum((F_b^T F_b / n - target)^2)``: how far each segment's
+    position-normalised Gram matrix of maps ``(B, ..., C)`` (``n`` positions) lies from
+    ``target`` ``(C, C)``. ``(B,)`` float32.
+
+    The Gram accumulates in float32 whatever the maps' type. Written with its
+    gradient, ``4 scale F (G / n - target) / n`` (the difference is symmetric):
+    one product, computed in the maps' own type, so a bfloat16 network's largest
+    maps get their gradient without a float32 copy of them or of it.
+    """
+    channels = maps.shape[-1]
+    flat = tf.reshape(maps, [tf.shape(maps)[0], -1, channels])
+    positions = tf.cast(tf.shape(flat)[1], tf.float32)
+
+    @tf.custom_gradient
+    def error(flat: tf.Tensor) -> tuple[tf.Tensor, object]:
+        wide = tf.cast(flat, tf.float32)
+        difference = tf.matmul(wide, wide, transpose_a=True) / positions - target
+        per_segment = scale * tf.reduce_sum(tf.square(difference), axis=[1, 2])
+
+        def grad(upstream: tf.Tensor) -> tf.Tensor:
+            weight = (4.0 / positions) * scale * upstream
+            return tf.matmul(flat, tf.cast(difference * weight[:, None, None], flat.dtype))
+
+        return per_segment, grad
+
+    return error(flat)
+
+
 def pooled_grams(maps_of: Callable[[np.ndarray], Sequence[tf.Tensor]], segments: np.ndarray,
                  batch_size: int) -> tuple[list[tf.Tensor], list[int]]:
-    """Gram matrices summed over every position of every segment, one per map, and
-    the positions summed: ``maps_of`` gives the maps ``(B, ..., C)`` of a batch of at
-    most ``batch_size`` of ``segments``."""
+    """Gram matrices summed over every position of every segment, one per map, in
+    float32, and the positions summed: ``maps_of`` gives the maps ``(B, ..., C)`` of a
+    batch of at most ``batch_size`` of ``segments``."""
     sums: list[tf.Tensor] = []
     positions: list[int] = []
     for start in range(0, len(segments), batch_size):
         for k, maps in enumerate(maps_of(segments[start:start + batch_size])):
-            flat = tf.reshape(maps, [-1, maps.shape[-1]])
+            flat = tf.reshape(tf.cast(maps, tf.float32), [-1, maps.shape[-1]])
             gram = tf.matmul(flat, flat, transpose_a=True)
             if k == len(sums):
                 sums.append(gram)

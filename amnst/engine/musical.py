@@ -52,7 +52,7 @@ def pitch_class_matrix(config: AudioConfig) -> np.ndarray:
 def pitch_classes(mels: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
     """Unit-length pitch-class vectors per frame, ``(B, 12, frames)``, from mels
     ``(B, n_mels, frames)`` and :func:`pitch_class_matrix`."""
-    classes = tf.einsum("cm,bmt->bct", matrix, mels)
+    classes = tf.matmul(tf.convert_to_tensor(matrix)[None], mels)
     return classes / tf.sqrt(tf.reduce_sum(tf.square(classes), axis=1, keepdims=True) + _TINY)
 
 

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from amnst.engine import musical, precision
 from amnst.config import AudioConfig, NSTConfig
-from amnst.engine.features import FeatureStack, gram_matrices, pooled_grams
+from amnst.engine.features import FeatureStack, gram_matrices, gram_style_error, pooled_grams, relu_conv
 
 # Smallest mel value a log-parameterised target can represent (log of zero
 # is -inf; the mel has empty filter rows and zero padding).
@@ -152,12 +152,12 @@ class StyleTransfer:
 
     def features(self, mels: np.ndarray | tf.Tensor, cnn_input: str = "mel") -> dict[int, tf.Tensor]:
         """Features of ``(B, n_mels, frames)`` mels, in inference mode, at every
-        layer read from the CNN input ``cnn_input`` (see ``NSTConfig``), as float32
-        whatever the CNN's precision: Grams and losses accumulate in float32."""
+        layer read from the CNN input ``cnn_input`` (see ``NSTConfig``), in the
+        CNN's precision: what reads them (Grams, losses) accumulates in float32."""
         x = tf.convert_to_tensor(mels, tf.float32)
         if cnn_input == "log":
             x = tf.math.log(x + LOG_INPUT_OFFSET)
-        return {layer: tf.cast(f, tf.float32) for layer, f in self._stacks[cnn_input](tf.expand_dims(x, -1)).items()}
+        return self._stacks[cnn_input](tf.expand_dims(x, -1))
 
     def _content_and_style_features(self, mels: tf.Tensor) -> tuple[dict[int, tf.Tensor], dict[int, tf.Tensor]]:
         cfg = self.config
@@ -167,7 +167,7 @@ class StyleTransfer:
     def _batched_features(self, mels: np.ndarray, layers: tuple[int, ...], cnn_input: str) -> list[tf.Tensor]:
         size = self.config.segments_per_batch
         chunks = [self.features(mels[i:i + size], cnn_input) for i in range(0, len(mels), size)]
-        return [tf.concat([chunk[layer] for chunk in chunks], axis=0) for layer in layers]
+        return [tf.cast(tf.concat([chunk[layer] for chunk in chunks], axis=0), tf.float32) for layer in layers]
 
     def style_targets(self, style_segments: np.ndarray) -> StyleTargets:
         """Gram matrices of the style pooled over all its segments, computed once."""
@@ -185,8 +185,8 @@ class StyleTransfer:
     def _style_maps(self, style_features: dict[int, tf.Tensor], mels: np.ndarray | tf.Tensor) -> list[tf.Tensor]:
         """The maps whose Grams the style loss matches, ``(B, ..., C)`` each: every style
         layer's ``(B, H, W, C)``; then, with a spectral style weight, the log-mel
-        ``(B, frames, n_mels)``; then, with a random style weight, each random
-        network's ``(B, frames', filters)``."""
+        ``(B, frames, n_mels)`` (float32); then, with a random style weight, each random
+        network's ``(B, 1, frames', filters)``. The networks' maps are in the CNN's precision."""
         cfg = self.config
         maps = [style_features[layer] for layer in cfg.style_layers]
         if cfg.spectral_style_weight or cfg.random_style_weight:
@@ -194,10 +194,9 @@ class StyleTransfer:
             if cfg.spectral_style_weight:
                 maps.append(log_mel)
             # The random networks compute at the CNN's precision, their Grams in float32.
-            net_input = tf.cast(log_mel, self._dtype)
+            net_input = tf.cast(log_mel, self._dtype)[:, None]
             for kernel, dilation in zip(self._random_kernels, RANDOM_NET_DILATIONS):
-                maps.append(tf.cast(tf.nn.relu(tf.nn.conv1d(net_input, kernel, 1, "VALID", dilations=dilation)),
-                                    tf.float32))
+                maps.append(relu_conv(net_input, kernel[None], dilations=(1, dilation)))
         return maps
 
     def _style_weights(self) -> list[float]:
@@ -264,27 +263,26 @@ class StyleTransfer:
         batch = tf.shape(mel)[0]
         content_loss = tf.zeros([batch])
         for layer, (target, scale) in zip(cfg.content_layers, content):
-            content_loss += _weighted_squared_error(content_features[layer], target, scale)
+            content_loss += _weighted_squared_error(tf.cast(content_features[layer], tf.float32), target, scale)
         if cfg.pitch_weight or cfg.onset_weight:
             content_loss += self._music_loss(mel, content[len(cfg.content_layers):])
         objective = tf.reduce_sum(content_loss)
         style_loss = tf.zeros([batch])
         for f, gram, weight in zip(self._style_maps(style_features, mel), grams, self._style_weights()):
-            # Positions are dynamic: a compiled step serves every fitted segment width.
-            per_segment, positions = gram_matrices(f)
             c = f.shape[-1]
             if cfg.couples_segments:
+                # Positions are dynamic: a compiled step serves every fitted segment width.
+                per_segment, positions = gram_matrices(tf.cast(f, tf.float32))
                 n = tf.cast(batch, tf.float32) * positions * float(c)
                 error = weight * tf.reduce_sum(tf.square(gram - tf.reduce_sum(per_segment, 0))) / n
                 objective += error
-                style_loss += error
             else:
                 scale = weight / float(c * c)
                 if cfg.relative_loss:
                     scale /= tf.reduce_mean(tf.square(gram)) + RELATIVE_FLOOR
-                error = scale * tf.reduce_sum(tf.square(per_segment / positions - gram), axis=[1, 2])
+                error = gram_style_error(f, gram, tf.fill([batch], scale))
                 objective += tf.reduce_sum(error)
-                style_loss += error
+            style_loss += error
         if cfg.couples_segments:
             content_loss = tf.fill([batch], tf.reduce_sum(content_loss))
         return tf.stop_gradient(content_loss), tf.stop_gradient(style_loss), objective
