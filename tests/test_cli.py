@@ -13,7 +13,7 @@ import soundfile as sf
 from amnst import synth
 from amnst.cli import nightly as cli
 from amnst.cli import build_parser, main
-from amnst.cli.options import preset_from_args, run_options_from_args
+from amnst.cli.options import CommandError, preset_from_args, run_options_from_args
 from amnst.config import get_preset
 from tests.conftest import write_wav
 
@@ -275,6 +275,16 @@ def test_strength_reaches_the_preset(command, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args([*command[:1], "--help"])
     assert "--strength" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["transfer", "c.wav", "s.wav", "-o", "o.wav"],
+                                     ["run", "m.csv", "--output", "out"]])
+def test_griffin_lim_iterations_reach_the_preset(command, capsys):
+    parser = build_parser()
+    assert preset_from_args(parser.parse_args(command)).nst.griffin_lim_iters == 16
+    assert preset_from_args(parser.parse_args([*command, "--griffin-lim-iters", "32"])).nst.griffin_lim_iters == 32
+    with pytest.raises(CommandError, match="griffin_lim_iters=-1 must be >= 0"):
+        preset_from_args(parser.parse_args([*command, "--griffin-lim-iters", "-1"]))
 
 
 def test_run_and_nightly_carry_strength_into_their_options(tmp_path):

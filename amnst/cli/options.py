@@ -118,6 +118,8 @@ def add_nst_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="the CNN's arithmetic; auto: bf16 where the CPU or GPU computes it natively "
                              "(default: the preset's)")
+    parser.add_argument("--griffin-lim-iters", type=int,
+                        help="phase-retrieval iterations of the inversion (default: the preset's)")
     parser.add_argument("--init", help="starting target: content, style, zero or random")
     parser.add_argument("--lr", type=float, dest="learning_rate", help="learning rate")
     parser.add_argument("--seed", type=int, help="random seed, 0 to 2**32 - 1")
@@ -133,7 +135,7 @@ def preset_from_args(args: argparse.Namespace) -> Any:
 
     overrides: dict[str, Any] = {}
     for name in ("iterations", "content_weight", "style_weight", "spectral_style_weight", "strength", "precision",
-                 "init", "learning_rate", "seed"):
+                 "griffin_lim_iters", "init", "learning_rate", "seed"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     try:
