@@ -30,8 +30,18 @@ def test_auto_is_bf16_only_where_the_cpu_has_it():
     # No GPU in the test run: the CPU's flags decide.
     assert precision.native_bf16(frozenset({"avx512f", "amx_bf16"}))
     assert not precision.native_bf16(frozenset({"avx512f", "avx2"}))
-    assert precision.resolve("fp32") == "fp32" and precision.resolve("bf16") == "bf16"
+    assert precision.resolve("fp32") == "fp32"
     assert precision.resolve("auto") == ("bf16" if precision.native_bf16() else "fp32")
+    assert precision.resolve("auto", frozenset({"avx512f", "avx2"})) == "fp32"
+
+
+def test_bf16_is_refused_on_a_cpu_without_avx512():
+    # oneDNN has no bfloat16 convolution below AVX-512: a step would fail inside TensorFlow.
+    assert precision.resolve("bf16", precision.CPU_BF16_MINIMUM_FLAGS) == "bf16"
+    with pytest.raises(ValueError, match="precision=bf16 needs a GPU or a CPU with AVX-512"):
+        precision.resolve("bf16", frozenset({"avx2", "fma"}))
+    with pytest.raises(ValueError, match="must be fp32, bf16 or auto"):
+        precision.resolve("fp16")
 
 
 def test_precision_is_validated_and_seed_stays_fp32():
@@ -41,12 +51,10 @@ def test_precision_is_validated_and_seed_stays_fp32():
         get_preset("default").with_overrides(precision="fp16")
 
 
-# Without native bf16 the service computes fp32 (``auto``), so there is no bf16 result of
-# this machine's to hold to the tolerance, and an emulated one would be neither the
-# service's nor quick.
-@pytest.mark.skipif(not precision.native_bf16(),
-                    reason="this CPU has neither AVX512-BF16 nor AMX, so the service runs fp32 here and "
-                           "bf16 would only be emulated; the test runs on CPUs with native bf16 (and GPUs)")
+@pytest.mark.skipif(not precision.CPU_BF16_MINIMUM_FLAGS <= precision.cpu_flags(),
+                    reason="this CPU has no AVX-512, so oneDNN has no bfloat16 convolution and the service "
+                           "refuses bf16 here (test_bf16_is_refused_on_a_cpu_without_avx512); with AVX-512 "
+                           "it runs, natively or emulated")
 def test_bf16_results_are_fp32_results_within_the_tolerance():
     content, style = evaluation.evaluation_pair("pop-piano_rain", 8.0)
     preset = get_preset("default")

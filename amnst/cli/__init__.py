@@ -244,7 +244,10 @@ def run_transfer(content_path: Path, style_path: Path, output: Path, preset: Any
     except (AudioError, WeightsError) as error:
         raise CommandError(str(error)) from None
     loaded = time.perf_counter() - started
-    transfer = StyleTransfer(model, preset.nst, audio=preset.audio)
+    try:
+        transfer = StyleTransfer(model, preset.nst, audio=preset.audio)
+    except ValueError as error:  # a precision this machine cannot compute
+        raise CommandError(str(error)) from None
 
     segments = audio.num_segments(audio.num_frames(len(content), preset.audio), preset.audio)
     total = segments * preset.nst.iterations
