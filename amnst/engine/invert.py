@@ -40,16 +40,15 @@ from amnst.config import AudioConfig
 DEFAULT_NNLS_ITERS = 4
 # librosa's default momentum for fast Griffin-Lim.
 DEFAULT_MOMENTUM = 0.99
-# Guards 0 / 0 in silent bins. The smallest normal float32, so that it cannot
-# bias the update at any signal level: the solve is scale-invariant.
-_NNLS_EPS = float(np.finfo(np.float32).tiny)
+# The smallest normal float32: it guards the NNLS update's 0 / 0 in silent bins
+# and a phasor's norm from dividing by zero, and below it a summed squared window
+# counts as zero. So small that it biases nothing at any signal level (the NNLS
+# solve is scale-invariant).
+_TINY = float(np.finfo(np.float32).tiny)
 # A phase-held inversion holds a bin's phase at the reference's in full where
 # the magnitude is the reference's, less as it departs, and not at all this
 # many decibels away (:func:`phase_hold`).
 PHASE_HOLD_DB = 12.0
-# Griffin-Lim's floor: below it a summed squared window counts as zero and a
-# phasor's norm is kept from dividing by zero.
-_TINY = float(np.finfo(np.float32).tiny)
 
 
 # --------------------------------------------------------------------------
@@ -164,7 +163,7 @@ def _nnls_frames(mel_frames: tf.Tensor, pinv_t: tf.Tensor, basis: tf.Tensor,
     target = tf.matmul(rows, basis)  # (A.T b) per row; gram is symmetric
 
     def update(i, x):
-        return i + 1, x * target / (tf.matmul(x, gram) + _NNLS_EPS)
+        return i + 1, x * target / (tf.matmul(x, gram) + _TINY)
 
     _, x = tf.while_loop(lambda i, _: i < n_iter, update, [tf.constant(0), x])
     return tf.reshape(x, [shape[0], shape[1], -1])
@@ -338,7 +337,7 @@ def phase_hold(magnitudes: tf.Tensor, reference: tf.Tensor, hold_db: float = PHA
     magnitudes equal the reference's, falling linearly in decibels to 0 at
     ``hold_db`` away. Both ``(batch, n_frames, n_bins)``; bins more than 80 dB
     below an item's loudest reference bin count as that level."""
-    floor = 1e-4 * tf.reduce_max(reference, axis=[1, 2], keepdims=True) + _NNLS_EPS
+    floor = 1e-4 * tf.reduce_max(reference, axis=[1, 2], keepdims=True) + _TINY
     departure_db = (20.0 / np.log(10.0)) * tf.abs(tf.math.log(magnitudes + floor) - tf.math.log(reference + floor))
     return tf.clip_by_value(1.0 - departure_db / hold_db, 0.0, 1.0)
 

@@ -82,9 +82,9 @@ class Costs:
     decode, mel, encode, quality, write, and invert unless the GPUs render)
     in core-seconds per second of the pair's audio.
     ``gpu_render_seconds_per_audio_second``: the inversion where the GPUs render
-    (``amnst run`` with GPUs inverts in a GPU task), 0 where the CPUs do. ``style_core_seconds_per_audio_second``: a style's
-    Gram targets (they run as a GPU task; costed like the CPU stages, an
-    upper bound). Storage figures are per pair: requests and bytes moved
+    (``amnst run`` with GPUs inverts in a GPU task), 0 where the CPUs do.
+    ``style_core_seconds_per_audio_second``: a style's Gram targets (they run as
+    a GPU task; costed like the CPU stages, an upper bound). Storage figures are per pair: requests and bytes moved
     (inputs read twice, once to analyse and once to assess quality).
     """
 
@@ -190,8 +190,8 @@ def plan(batch: Batch, preset: Preset, costs: Costs, gpu: GpuRate, layout: Layou
 
     GPU work is the optimise steps (``iterations`` forward-and-backward steps
     per segment), each style's one forward pass (half a step per style
-    segment) and, where the GPUs render, the inversions. Workers are the GPUs (and CPU cores) that finish the batch's
-    work in ``utilisation * window_seconds``. ``max_in_flight`` gives every
+    segment) and, where the GPUs render, the inversions. Workers are the GPUs
+    (and CPU cores) that finish the batch's work in ``utilisation * window_seconds``. ``max_in_flight`` gives every
     task slot one task running and one waiting; the object store's bound
     follows from it (:func:`peak_object_bytes`).
     """
